@@ -1,0 +1,163 @@
+"""Manifests: CSV or JSONL, one row per example (SPEC §1).
+
+Columns: one per modality (`image`, `audio`, `depth`, `thermal` hold paths relative to the manifest;
+`text` holds the text), `label` (class name or integer), optional `id`. `vision` is an alias of `image`.
+Rows are numbered from 0 in file order; that number is the `row` recorded in stores and in messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ibdc_cli.data.preprocess import MEDIA_SUFFIXES
+from ibdc_cli.encoders.imagebind import MODALITIES
+from ibdc_cli.errors import IbdcError
+
+ALIASES = {"vision": "image"}
+KNOWN_COLUMNS = set(MODALITIES) | {"label", "id"}
+
+
+@dataclass
+class Manifest:
+    path: Path
+    rows: list[dict[str, str]]  # column -> cell, aliases resolved
+    columns: list[str]
+    sha256: str
+    class_names: list[str]  # label id -> name; empty when the manifest has no labels
+    labels: list[int]  # per row; -1 when unlabeled
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def modalities(self) -> list[str]:
+        return [c for c in self.columns if c in MODALITIES]
+
+
+def parse_modalities(text: str | list[str]) -> list[str]:
+    """`"audio,image"` -> `["audio", "image"]`, with aliases resolved and names checked."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    result: list[str] = []
+    for raw in names:
+        name = ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in MODALITIES:
+            raise IbdcError(f"unknown modality {raw.strip()!r} in --modalities; choose from {', '.join(MODALITIES)}")
+        if name not in result:
+            result.append(name)
+    if not result:
+        raise IbdcError("--modalities is empty; name at least one, e.g. --modalities image,audio")
+    return result
+
+
+def _read_records(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise IbdcError(f"manifest not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IbdcError(f"manifest {path} is not UTF-8 text: {exc}") from None
+    if suffix in (".jsonl", ".ndjson"):
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IbdcError(f"{path}: line {number} is not valid JSON: {exc.msg}") from None
+            if not isinstance(record, dict):
+                raise IbdcError(f"{path}: line {number} is not a JSON object")
+            records.append({str(k): "" if v is None else str(v) for k, v in record.items()})
+        return records
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        records = []
+        for number, record in enumerate(reader, start=2):
+            if None in record:
+                raise IbdcError(f"{path}: line {number} has more cells than the header")
+            records.append({k: (v or "") for k, v in record.items()})
+        if reader.fieldnames is None:
+            return []
+        if not records:
+            raise IbdcError(f"manifest {path} has a header but no rows")
+        return records
+    raise IbdcError(f"unsupported manifest format {path.suffix!r} ({path}); use .csv or .jsonl")
+
+
+def _class_names(values: list[str]) -> list[str]:
+    """Label id -> name: integer labels in numeric order, names in sorted order (row order never matters)."""
+    unique = set(values)
+    if all(v.lstrip("-").isdigit() for v in unique):
+        return [str(v) for v in sorted(int(v) for v in unique)]
+    return sorted(unique)
+
+
+def read_manifest(path: str | Path, modalities: list[str], *, require_label: bool = True) -> Manifest:
+    """Read and check a manifest: columns known, requested modalities present, cells non-empty.
+
+    Media files are not opened here (that happens while embedding) but paths are checked for a
+    supported suffix so that a wrong column is caught before any model work.
+    """
+    path = Path(path)
+    records = _read_records(path)
+    if not records:
+        raise IbdcError(f"manifest {path} is empty")
+    columns: list[str] = []
+    for record in records:
+        for key in record:
+            name = ALIASES.get(key.strip().lower(), key.strip().lower())
+            if name not in columns:
+                columns.append(name)
+    unknown = [c for c in columns if c not in KNOWN_COLUMNS]
+    if unknown:
+        raise IbdcError(
+            f"{path}: unknown column {unknown[0]!r}; columns are modalities ({', '.join(MODALITIES)}), "
+            "'vision' (alias of image), 'label' and 'id'"
+        )
+    for modality in modalities:
+        if modality not in columns:
+            raise IbdcError(f"{path}: no {modality!r} column for --modalities {modality} (columns: {', '.join(columns)})")
+    if require_label and "label" not in columns:
+        raise IbdcError(f"{path}: no 'label' column; this command needs class labels")
+    rows = []
+    for record in records:
+        rows.append({ALIASES.get(k.strip().lower(), k.strip().lower()): v.strip() for k, v in record.items()})
+    has_labels = "label" in columns
+    if has_labels:
+        for index, row in enumerate(rows):
+            if not row.get("label"):
+                raise IbdcError(f"{path}: row {index} has an empty label")
+        values = [row["label"] for row in rows]
+        names = _class_names(values)
+        numeric = all(v.lstrip("-").isdigit() for v in values)
+        lookup = {name: i for i, name in enumerate(names)}
+        labels = [lookup[str(int(v)) if numeric else v] for v in values]
+    else:
+        names, labels = [], [-1] * len(rows)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Manifest(path=path, rows=rows, columns=columns, sha256=sha, class_names=names, labels=labels)
+
+
+def check_cell(manifest: Manifest, index: int, modality: str) -> str:
+    """The cell of `modality` in row `index`, or a MediaError naming the row when it is unusable."""
+    from ibdc_cli.data.preprocess import MediaError
+
+    value = manifest.rows[index].get(modality, "")
+    if not value:
+        raise MediaError(f"row {index}: empty {modality!r} cell")
+    if modality in MEDIA_SUFFIXES:
+        suffix = Path(value).suffix.lower()
+        if suffix not in MEDIA_SUFFIXES[modality]:
+            raise MediaError(
+                f"row {index}: unsupported {modality} format {suffix or '(none)'!r} for {value!r} "
+                f"(supported: {', '.join(sorted(MEDIA_SUFFIXES[modality]))})"
+            )
+    return value

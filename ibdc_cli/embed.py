@@ -1,0 +1,276 @@
+"""Recipe: embed a manifest with a frozen ImageBind encoder into an embedding store (`ibdc embed`).
+
+Reads top to bottom:
+1. read and check the manifest (columns, labels, every cell's format and file) before any model work;
+2. split the rows into fixed chunks; chunk k belongs to process k mod N, so 1 or N processes (and any
+   resume) compute the same batches;
+3. each chunk is decoded in DataLoader workers, embedded, and saved atomically as a part file in
+   `.STORE.partial/` — an interrupted run resumes from the parts it has;
+4. the main process merges the parts in row order into shards, writes index.json and renames the
+   finished store into place. Bad input leaves no store and no partial directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ibdc_cli import __version__
+from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
+from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
+from ibdc_cli.encoders.imagebind import load_encoder
+from ibdc_cli.errors import IbdcError
+from ibdc_cli.runtime import autocast, log, process_state, progress_bar, resolve_device
+from ibdc_cli.store import (
+    INDEX_FILE,
+    STORE_FORMAT,
+    STORE_VERSION,
+    atomic_save_tensors,
+    atomic_write_json,
+    file_sha256,
+    read_tensors,
+)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class EmbedResult:
+    store: Path
+    rows: int
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished embed keeps its parts: `.NAME.partial` beside the store."""
+    return out.parent / f".{out.name}.partial"
+
+
+class _RowDataset(Dataset):
+    """Model inputs of manifest rows; a row whose media fails to decode yields its error instead."""
+
+    def __init__(self, manifest: Manifest, rows: list[int], modalities: list[str]):
+        self.manifest, self.rows, self.modalities = manifest, rows, modalities
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        try:
+            inputs = {m: load(m, self.manifest.rows[row][m], self.manifest.base_dir) for m in self.modalities}
+        except MediaError as exc:
+            return {"row": row, "error": str(exc)}
+        return {"row": row, "inputs": inputs}
+
+
+def _collate(items: list[dict]) -> dict:
+    good = [item for item in items if "inputs" in item]
+    batch = {
+        "rows": [item["row"] for item in good],
+        "errors": [(item["row"], item["error"]) for item in items if "error" in item],
+        "inputs": {},
+    }
+    if good:
+        batch["inputs"] = {m: torch.stack([item["inputs"][m] for item in good]) for m in good[0]["inputs"]}
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _precheck(manifest: Manifest, modalities: list[str], skip_bad: bool) -> tuple[list[int], list[dict]]:
+    """Rows usable as far as can be told without decoding: cells present, formats known, files exist."""
+    good, skipped = [], []
+    for row in range(len(manifest.rows)):
+        try:
+            for modality in modalities:
+                value = check_cell(manifest, row, modality)
+                if modality != "text":
+                    path = Path(value) if Path(value).is_absolute() else manifest.base_dir / value
+                    if not path.is_file():
+                        raise MediaError(f"row {row}: {modality} file not found: {path}")
+        except MediaError as exc:
+            if not skip_bad:
+                raise IbdcError(f"{manifest.path}: {exc}") from None
+            skipped.append({"row": row, "reason": str(exc)})
+            continue
+        good.append(row)
+    return good, skipped
+
+
+def embed_manifest(
+    manifest_path: str | Path,
+    modalities: list[str],
+    out: str | Path,
+    *,
+    model: str = "imagebind_tiny",
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "auto",
+    precision: str = "fp32",
+    resume: bool = False,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    chunk_rows: int = 1024,
+    shard_rows: int = 16384,
+) -> EmbedResult:
+    """Embed `modalities` of every manifest row into the store directory `out`; see the module docstring."""
+    started = time.time()
+    out = Path(out)
+    if precision not in PRECISIONS:
+        raise IbdcError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if batch_size < 1 or chunk_rows < 1:
+        raise IbdcError("--batch-size must be at least 1")
+    state = process_state(device)
+    manifest = read_manifest(manifest_path, modalities, require_label=False)
+    if (out / INDEX_FILE).exists() and not overwrite:
+        raise IbdcError(f"{out} already holds a store; choose another --out or pass --overwrite")
+    if out.exists() and not (out / INDEX_FILE).exists() and any(out.iterdir()):
+        raise IbdcError(f"{out} exists and is not an ibdc store; choose another --out")
+    rows, skipped = _precheck(manifest, modalities, skip_bad)
+    if not rows:
+        raise IbdcError(f"{manifest.path}: no usable rows")
+
+    encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    torch_device = resolve_device(state, device)
+    encoder.to(torch_device)
+    job = {
+        "manifest_sha256": manifest.sha256,
+        "modalities": modalities,
+        "encoder": encoder.describe(),
+        "preprocessing": {m: PREPROCESSING[m] for m in modalities},
+        "precision": precision,
+        "batch_size": batch_size,
+        "chunk_rows": chunk_rows,
+        "rows": rows,
+    }
+    work = partial_dir(out)
+    if state.is_main_process:
+        _prepare_work_dir(work, job, resume)
+    state.wait_for_everyone()
+
+    chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
+    mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]
+    todo = [k for k in mine if not (work / f"part-{k:06d}.safetensors").exists()]
+    if len(todo) < len(mine):
+        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already embedded", state)
+    try:
+        with progress_bar(f"embed {','.join(modalities)}", sum(len(chunks[k]) for k in todo), state) as advance:
+            for k in todo:
+                _embed_chunk(encoder, manifest, chunks[k], modalities, work / f"part-{k:06d}.safetensors",
+                             batch_size=batch_size, workers=workers, precision=precision, skip_bad=skip_bad,
+                             device=torch_device, advance=advance)
+    except IbdcError:
+        if state.num_processes == 1:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    state.wait_for_everyone()
+    if state.is_main_process:
+        skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
+    state.wait_for_everyone()
+    return EmbedResult(store=out, rows=len(rows) - len(skipped), skipped=skipped, seconds=time.time() - started)
+
+
+def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
+    job_file = work / "job.json"
+    if resume and job_file.exists():
+        previous = json.loads(job_file.read_text())
+        if previous != json.loads(json.dumps(job)):
+            changed = [k for k in job if previous.get(k) != json.loads(json.dumps(job[k]))]
+            raise IbdcError(
+                f"--resume: the unfinished embed at {work} was started with other settings "
+                f"({', '.join(changed)} differ); rerun without --resume to start over"
+            )
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(job_file, job)
+
+
+def _embed_chunk(encoder, manifest, rows, modalities, part, *, batch_size, workers, precision, skip_bad,
+                 device, advance) -> None:
+    loader = DataLoader(
+        _RowDataset(manifest, rows, modalities),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+    )
+    outputs: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+    kept: list[int] = []
+    bad: list[dict] = []
+    for batch in loader:
+        for row, message in batch["errors"]:
+            if not skip_bad:
+                raise IbdcError(f"{manifest.path}: row {row}: {message.removeprefix(f'row {row}: ')}")
+            bad.append({"row": row, "reason": message})
+        if batch["rows"]:
+            with torch.inference_mode(), autocast(device, precision):
+                for modality in modalities:
+                    x = batch["inputs"][modality].to(device)
+                    outputs[modality].append(encoder.embed(modality, x).float().cpu())
+            kept.extend(batch["rows"])
+        advance(len(batch["rows"]) + len(batch["errors"]))
+    tensors = {m: torch.cat(v) if v else torch.empty(0, encoder.out_dim) for m, v in outputs.items()}
+    tensors["row"] = torch.tensor(kept, dtype=torch.int64)
+    labels = [manifest.labels[r] for r in kept]
+    tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+    atomic_save_tensors(part, tensors, metadata={"skipped": json.dumps(bad)})
+
+
+def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shard_rows) -> list[dict]:
+    parts = [read_tensors(work / f"part-{k:06d}.safetensors", "partial embed") for k in range(num_chunks)]
+    for _, metadata in parts:
+        skipped = skipped + json.loads(metadata.get("skipped", "[]"))
+    data = {name: torch.cat([tensors[name] for tensors, _ in parts]) for name in parts[0][0]}
+    final = work / "store"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir()
+    shards = []
+    total = int(data["row"].shape[0])
+    for number, start in enumerate(range(0, max(total, 1), shard_rows)):
+        name = f"shard-{number:05d}.safetensors"
+        atomic_save_tensors(final / name, {k: v[start : start + shard_rows] for k, v in data.items()})
+        shards.append({"file": name, "rows": min(shard_rows, total - start), "sha256": file_sha256(final / name)})
+    labels = data["labels"].tolist()
+    class_names = manifest.class_names
+    index = {
+        "format": STORE_FORMAT,
+        "format_version": STORE_VERSION,
+        "ibdc_version": __version__,
+        "num_rows": total,
+        "modalities": {m: int(data[m].shape[1]) for m in job["modalities"]},
+        "class_names": class_names,
+        "rows_per_class": {name: labels.count(i) for i, name in enumerate(class_names)},
+        "labeled": bool(class_names),
+        "encoder": job["encoder"],
+        "preprocessing": job["preprocessing"],
+        "precision": job["precision"],
+        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+        "skipped": sorted(skipped, key=lambda s: s["row"]),
+        "shards": shards,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(final / INDEX_FILE, index)
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise IbdcError(f"{out} appeared while embedding; not overwriting it")
+        shutil.rmtree(out)
+    final.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return index["skipped"]

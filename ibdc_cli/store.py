@@ -1,0 +1,171 @@
+"""Embedding stores and synthetic sets on disk: safetensors + JSON, never pickle (SPEC §1).
+
+An embedding store is a directory:
+
+    STORE/index.json                  format, shards, counts, class names, modalities -> dim, encoder,
+                                      preprocessing, manifest SHA-256, skipped rows, ibdc version
+    STORE/shard-00000.safetensors     one [n, D] float32 tensor per modality, `labels` [n] int64, `row` [n] int64
+
+Rows are in manifest order; a store made by N processes is identical to one made by one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ibdc_cli import __version__
+from ibdc_cli.errors import IbdcError
+
+STORE_FORMAT = "ibdc-store"
+STORE_VERSION = 1
+INDEX_FILE = "index.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file` through a temp file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; truncated or foreign files raise IbdcError."""
+    if not path.is_file():
+        raise IbdcError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise IbdcError(f"{path} is not a readable safetensors {what} (truncated or foreign?): {exc}") from None
+    return tensors, metadata
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).any(dim=-1).nonzero()[0, 0]) if tensor.ndim > 1 else 0
+            raise IbdcError(f"{where}: tensor {name!r} contains NaN or Inf (first at row {bad})")
+
+
+@dataclass
+class Store:
+    """An embedding store opened for reading. `index` is the parsed index.json."""
+
+    path: Path
+    index: dict[str, Any]
+
+    @property
+    def modalities(self) -> dict[str, int]:
+        return dict(self.index["modalities"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.index["class_names"])
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return dict(self.index["encoder"])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.index["num_rows"])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of index.json, which lists the shards with their own SHA-256."""
+        return hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
+
+    def load(self, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """All rows: `{modality: [N, D] float32, "labels": [N] int64, "row": [N] int64}`, checked finite."""
+        wanted = list(self.modalities) if modalities is None else modalities
+        for modality in wanted:
+            if modality not in self.modalities:
+                raise IbdcError(
+                    f"store {self.path} has no {modality!r} embeddings (it has: {', '.join(self.modalities)})"
+                )
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in [*wanted, "labels", "row"]}
+        for shard in self.index["shards"]:
+            shard_path = self.path / shard["file"]
+            tensors, _ = read_tensors(shard_path, "store shard")
+            for name in parts:
+                if name not in tensors:
+                    raise IbdcError(f"store shard {shard_path} lacks tensor {name!r}")
+                if tensors[name].shape[0] != shard["rows"]:
+                    raise IbdcError(f"store shard {shard_path} has {tensors[name].shape[0]} rows, index says {shard['rows']}")
+                parts[name].append(tensors[name])
+        data = {name: torch.cat(chunks) if chunks else torch.empty(0) for name, chunks in parts.items()}
+        for modality in wanted:
+            if data[modality].ndim != 2 or data[modality].shape[1] != self.modalities[modality]:
+                raise IbdcError(f"store {self.path}: {modality!r} has shape {tuple(data[modality].shape)}")
+        check_finite({m: data[m] for m in wanted}, f"store {self.path}")
+        return data
+
+
+def open_store(path: str | Path) -> Store:
+    """Open and check an embedding store directory."""
+    path = Path(path)
+    index_path = path / INDEX_FILE
+    if path.is_file():
+        raise IbdcError(f"{path} is a file; an embedding store is a directory made by `ibdc embed`")
+    if not index_path.is_file():
+        partial = path.parent / f".{path.name}.partial"
+        hint = f" (an unfinished embed is at {partial}: rerun `ibdc embed` with --resume)" if partial.exists() else ""
+        raise IbdcError(f"{path} is not an ibdc embedding store: {INDEX_FILE} is missing{hint}")
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IbdcError(f"{index_path} is corrupt: {exc}") from None
+    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
+        raise IbdcError(f"{index_path} is not an ibdc store index")
+    if int(index.get("format_version", 0)) > STORE_VERSION:
+        raise IbdcError(
+            f"store {path} has format version {index['format_version']}; this ibdc ({__version__}) reads up to "
+            f"{STORE_VERSION}: upgrade ibdc"
+        )
+    for shard in index.get("shards", []):
+        if not (path / shard["file"]).is_file():
+            raise IbdcError(f"store {path} is incomplete: shard {shard['file']} is missing")
+    return Store(path=path, index=index)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

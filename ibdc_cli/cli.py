@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -56,21 +56,39 @@ def _root(
 
 # Options shared by several commands, so that names and help stay the same everywhere.
 ModalitiesOpt = Annotated[
-    str, typer.Option("--modalities", "-m", help="Comma-separated modalities, e.g. image,audio (of image, audio, "
-                      "text, depth, thermal; 'vision' = image).")
+    str,
+    typer.Option(
+        "--modalities",
+        "-m",
+        help="Comma-separated modalities, e.g. image,audio (of image, audio, text, depth, thermal; 'vision' = image).",
+    ),
 ]
-ModelOpt = Annotated[str, typer.Option("--model", help="Encoder preset: imagebind_tiny (small, random-init) or "
-                                       "imagebind_huge (needs --checkpoint or --random-init).")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Encoder preset: imagebind_tiny (small, random-init) or "
+        "imagebind_huge (needs --checkpoint or --random-init).",
+    ),
+]
 CheckpointOpt = Annotated[
-    Optional[Path], typer.Option("--checkpoint", help="Encoder weights (.pth state dict as Meta publishes it, or an "
-                                 "`ibdc bind` .safetensors); default $IBDC_CHECKPOINT.")
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Encoder weights (.pth state dict as Meta publishes it, or an "
+        "`ibdc bind` .safetensors); default $IBDC_CHECKPOINT.",
+    ),
 ]
-RandomInitOpt = Annotated[bool, typer.Option("--random-init", help="Allow random weights for imagebind_huge "
-                                             "(as the paper does for NYU-v2).")]
+RandomInitOpt = Annotated[
+    bool,
+    typer.Option("--random-init", help="Allow random weights for imagebind_huge (as the paper does for NYU-v2)."),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (encoder init for random-init presets, sampling).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (under accelerate/torchrun: "
-                                        "each process's own device).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto, cpu, cuda or cuda:N (under accelerate/torchrun: each process's own device)."),
+]
 
 
 def _print_json(value) -> None:
@@ -91,8 +109,9 @@ def embed(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast).")] = "fp32",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted embed of the same job.")] = False,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip rows whose media cannot be read, and list them.")]
-    = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip rows whose media cannot be read, and list them.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out.")] = False,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per resumable chunk.")] = 1024,
     as_json: JsonOpt = False,
@@ -105,16 +124,32 @@ def embed(
     from ibdc_cli.embed import embed_manifest
 
     result = embed_manifest(
-        manifest, parse_modalities(modalities), out, model=model, checkpoint=checkpoint, random_init=random_init,
-        seed=seed, batch_size=batch_size, workers=workers, device=device, precision=precision, resume=resume,
-        skip_bad=skip_bad, overwrite=overwrite, chunk_rows=chunk_rows,
+        manifest,
+        parse_modalities(modalities),
+        out,
+        model=model,
+        checkpoint=checkpoint,
+        random_init=random_init,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        resume=resume,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        chunk_rows=chunk_rows,
     )
     from ibdc_cli.runtime import distributed_env
 
     if distributed_env() and int(os.environ.get("RANK", "0")) != 0:
         return
-    summary = {"store": str(result.store), "rows": result.rows, "skipped": result.skipped,
-               "seconds": round(result.seconds, 2)}
+    summary = {
+        "store": str(result.store),
+        "rows": result.rows,
+        "skipped": result.skipped,
+        "seconds": round(result.seconds, 2),
+    }
     if as_json:
         _print_json(summary)
         return
@@ -144,8 +179,10 @@ def inspect(
 @datasets_app.command("av-digits", no_args_is_help=True)
 def datasets_av_digits(
     out: Annotated[Path, typer.Argument(help="Directory to write images/, audio/, train.csv, test.csv into.")],
-    per_class: Annotated[Optional[int], typer.Option("--per-class", help="At most this many rows per class and "
-                                                      "split (default: all).")] = None,
+    per_class: Annotated[
+        int | None,
+        typer.Option("--per-class", help="At most this many rows per class and split (default: all)."),
+    ] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Audio-visual digits: scikit-learn's handwritten digits paired with espeak-ng spoken names.
@@ -164,8 +201,7 @@ def datasets_av_digits(
 @datasets_app.command("spoken-numbers", no_args_is_help=True)
 def datasets_spoken_numbers(
     out: Annotated[Path, typer.Argument(help="Directory to write audio/, train.csv, test.csv into.")],
-    count: Annotated[Optional[int], typer.Option("--count", help="At most this many rows in all (default: all).")]
-    = None,
+    count: Annotated[int | None, typer.Option("--count", help="At most this many rows in all (default: all).")] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Spoken numbers 0-999 paired with their text, speaker-disjoint, for audio-text retrieval.
@@ -190,17 +226,18 @@ def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     _debug = "--debug" in args or os.environ.get("IBDC_DEBUG") == "1"
     try:
-        app(args=_reorder_global_flags(args), prog_name="ibdc", standalone_mode=False)
+        # Typer turns Ctrl-C into exit code 130 and returns exit codes when not standalone.
+        code = app(args=_reorder_global_flags(args), prog_name="ibdc", standalone_mode=False)
     except IbdcError as exc:
         if _debug:
             traceback.print_exc()
         stderr.print(f"ibdc: error: {exc}", markup=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        stderr.print("ibdc: interrupted; rerun the same command with --resume to continue", markup=False)
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        code = 130
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    if code == 130:
+        stderr.print("ibdc: interrupted; rerun the same command with --resume to continue", markup=False)
+    sys.exit(code if isinstance(code, int) else 0)

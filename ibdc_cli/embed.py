@@ -169,18 +169,29 @@ def embed_manifest(
     try:
         with progress_bar(f"embed {','.join(modalities)}", sum(len(chunks[k]) for k in todo), state) as advance:
             for k in todo:
-                _embed_chunk(encoder, manifest, chunks[k], modalities, work / f"part-{k:06d}.safetensors",
-                             batch_size=batch_size, workers=workers, precision=precision, skip_bad=skip_bad,
-                             device=torch_device, advance=advance)
+                _embed_chunk(
+                    encoder,
+                    manifest,
+                    chunks[k],
+                    modalities,
+                    work / f"part-{k:06d}.safetensors",
+                    batch_size=batch_size,
+                    workers=workers,
+                    precision=precision,
+                    skip_bad=skip_bad,
+                    device=torch_device,
+                    advance=advance,
+                )
     except IbdcError:
         if state.num_processes == 1:
             shutil.rmtree(work, ignore_errors=True)
         raise
     state.wait_for_everyone()
+    stored = 0
     if state.is_main_process:
-        skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
+        stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
     state.wait_for_everyone()
-    return EmbedResult(store=out, rows=len(rows) - len(skipped), skipped=skipped, seconds=time.time() - started)
+    return EmbedResult(store=out, rows=stored, skipped=skipped, seconds=time.time() - started)
 
 
 def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
@@ -200,8 +211,9 @@ def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
     atomic_write_json(job_file, job)
 
 
-def _embed_chunk(encoder, manifest, rows, modalities, part, *, batch_size, workers, precision, skip_bad,
-                 device, advance) -> None:
+def _embed_chunk(
+    encoder, manifest, rows, modalities, part, *, batch_size, workers, precision, skip_bad, device, advance
+) -> None:
     loader = DataLoader(
         _RowDataset(manifest, rows, modalities),
         batch_size=batch_size,
@@ -232,7 +244,7 @@ def _embed_chunk(encoder, manifest, rows, modalities, part, *, batch_size, worke
     atomic_save_tensors(part, tensors, metadata={"skipped": json.dumps(bad)})
 
 
-def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shard_rows) -> list[dict]:
+def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shard_rows) -> tuple[int, list[dict]]:
     parts = [read_tensors(work / f"part-{k:06d}.safetensors", "partial embed") for k in range(num_chunks)]
     for _, metadata in parts:
         skipped = skipped + json.loads(metadata.get("skipped", "[]"))
@@ -261,7 +273,11 @@ def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shar
         "encoder": job["encoder"],
         "preprocessing": job["preprocessing"],
         "precision": job["precision"],
-        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+        "manifest": {
+            "path": str(manifest.path.resolve()),
+            "sha256": manifest.sha256,
+            "rows": len(manifest.rows),
+        },
         "skipped": sorted(skipped, key=lambda s: s["row"]),
         "shards": shards,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -273,4 +289,4 @@ def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shar
         shutil.rmtree(out)
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
-    return index["skipped"]
+    return total, index["skipped"]

@@ -289,9 +289,7 @@ def cross_modal_hybrid(
     for a, b in pairs:
         r_a, r_b = l2n(real[a])[pick], l2n(real[b])[pick]
         s_a, s_b = l2n(syn[a]), l2n(syn[b])
-        total = total + cfd(
-            r_a + s_b, r_b + s_a, _freqs_for(freqs, a), alpha=alpha, beta=beta, reduction=reduction
-        )
+        total = total + cfd(r_a + s_b, r_b + s_a, _freqs_for(freqs, a), alpha=alpha, beta=beta, reduction=reduction)
     return total
 
 

@@ -14,7 +14,14 @@ from collections.abc import Iterator
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 stderr = Console(stderr=True, highlight=False)
 _quiet = False
@@ -71,8 +78,13 @@ def progress_bar(description: str, total: int, state=None, *, fields: str = "") 
     if not progress_enabled(state):
         yield lambda n=1, **kw: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     if fields:
         columns.append(TextColumn(fields))
     with Progress(*columns, console=stderr, transient=False) as progress:

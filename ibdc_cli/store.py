@@ -126,7 +126,9 @@ class Store:
                 if name not in tensors:
                     raise IbdcError(f"store shard {shard_path} lacks tensor {name!r}")
                 if tensors[name].shape[0] != shard["rows"]:
-                    raise IbdcError(f"store shard {shard_path} has {tensors[name].shape[0]} rows, index says {shard['rows']}")
+                    raise IbdcError(
+                        f"store shard {shard_path} has {tensors[name].shape[0]} rows, index says {shard['rows']}"
+                    )
                 parts[name].append(tensors[name])
         data = {name: torch.cat(chunks) if chunks else torch.empty(0) for name, chunks in parts.items()}
         for modality in wanted:

@@ -44,6 +44,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 from scipy.signal import resample_poly
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from ibdc_cli.errors import IbdcError
 
@@ -116,9 +118,6 @@ def build_av_digits(
     `progress(done, total)` is called as recordings are synthesised. Returns {"train": csv, "test": csv}.
     A second call with the same arguments returns at once.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     if per_class is not None and per_class < 1:
         raise IbdcError(f"per_class must be at least 1, got {per_class}")
     out_dir = Path(out_dir)
@@ -130,20 +129,12 @@ def build_av_digits(
 
     digits = load_digits()
     labels = digits.target
-    split_indices = dict(
-        zip(
-            SPLITS,
-            train_test_split(
-                np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=seed
-            ),
-            strict=True,
-        )
-    )
+    train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=seed)
     rng = np.random.default_rng(seed)
     rows: dict[str, list[dict[str, str]]] = {split: [] for split in SPLITS}
     jobs: dict[str, list[SpeechJob]] = {split: [] for split in SPLITS}
-    for split, voices in zip(SPLITS, (TRAIN_VOICES, TEST_VOICES), strict=True):
-        for i in sorted(_first_per_class(split_indices[split], labels, per_class)):
+    for split, indices, voices in (("train", train, TRAIN_VOICES), ("test", test, TEST_VOICES)):
+        for i in sorted(_first_per_class(indices, labels, per_class)):
             label = DIGIT_NAMES[labels[i]]
             image = out_dir / "images" / f"{i:04d}.png"
             if not image.exists():
@@ -196,14 +187,14 @@ def build_spoken_numbers(
 
     rng = np.random.default_rng(seed)
     numbers = rng.permutation(1000)
-    n_train_all = round(1000 * (1 - TEST_FRACTION))
-    n_train = n_train_all if count is None else round(count * (1 - TEST_FRACTION))
-    n_test = 1000 - n_train_all if count is None else count - n_train
-    split_numbers = {"train": numbers[:n_train], "test": numbers[n_train_all : n_train_all + n_test]}
+    n_test = max(1, round((count or 1000) * TEST_FRACTION))
+    n_train = (count or 1000) - n_test
+    # train from the front of the shuffle, test from the back: the splits never share a number
+    train, test = numbers[:n_train], numbers[len(numbers) - n_test :]
     rows: dict[str, list[dict[str, str]]] = {split: [] for split in SPLITS}
     jobs: dict[str, list[SpeechJob]] = {split: [] for split in SPLITS}
-    for split, voices in zip(SPLITS, (TRAIN_VOICES, TEST_VOICES), strict=True):
-        for n in sorted(int(n) for n in split_numbers[split]):
+    for split, split_numbers, voices in (("train", train, TRAIN_VOICES), ("test", test, TEST_VOICES)):
+        for n in sorted(int(n) for n in split_numbers):
             job = _speech_job(out_dir, number_to_words(n), voices, rng, stem=f"{n:03d}")
             jobs[split].append(job)
             rows[split].append({"id": f"number-{n:03d}", "audio": _rel(job.path, out_dir), "text": job.text})
@@ -237,7 +228,7 @@ def _first_per_class(indices: Iterable[int], labels: np.ndarray, per_class: int 
 def _write_digit_png(path: Path, digit: np.ndarray) -> None:
     """Save one `[8, 8]` digit (values 0..16, ink high) as a 32x32 grayscale PNG."""
     pixels = np.round(digit * (255 / 16)).astype(np.uint8)
-    image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
+    image = Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     _replace_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
@@ -270,9 +261,7 @@ def _speech_job(
     return SpeechJob(text, voice, speed, pitch, out_dir / "audio" / voice.replace("+", "_") / name)
 
 
-def synthesize(
-    jobs: Iterable[SpeechJob], *, espeak: str | None = None, progress: Progress | None = None
-) -> None:
+def synthesize(jobs: Iterable[SpeechJob], *, espeak: str | None = None, progress: Progress | None = None) -> None:
     """Make every job's recording that does not exist yet (16 kHz mono PCM16 WAV), two at a time.
 
     Jobs with the same path are made once. Each file appears atomically, so an existing file is complete
@@ -303,9 +292,7 @@ def _speak(espeak: str, job: SpeechJob) -> None:
     # espeak-ng always writes 22050 Hz; resample once here so readers get ImageBind's rate as is.
     g = math.gcd(SAMPLE_RATE, rate)
     wave = np.clip(resample_poly(wave.mean(axis=1), SAMPLE_RATE // g, rate // g), -1.0, 1.0)
-    _replace_atomically(
-        job.path, lambda tmp: sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    )
+    _replace_atomically(job.path, lambda tmp: sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
 
 
 def _require_espeak(voices: Iterable[str]) -> str:
@@ -319,8 +306,7 @@ def _require_espeak(voices: Iterable[str]) -> str:
     missing = missing_voices(voices, espeak=espeak)
     if missing:
         raise IbdcError(
-            f"{_espeak_version(espeak)} lacks voices {', '.join(missing)}; "
-            "install a recent espeak-ng (>= 1.50)"
+            f"{_espeak_version(espeak)} lacks voices {', '.join(missing)}; install a recent espeak-ng (>= 1.50)"
         )
     return espeak
 
@@ -409,9 +395,7 @@ def _finish_build(
     for split, path in _manifest_paths(out_dir).items():
         write_manifest(path, rows[split], columns)
     info = {"params": params, "speakers": speakers, "counts": counts, "columns": columns}
-    _replace_atomically(
-        out_dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n")
-    )
+    _replace_atomically(out_dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
 
 
 def write_manifest(path: Path, rows: Sequence[dict[str, str]], columns: Sequence[str]) -> None:

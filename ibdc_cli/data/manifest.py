@@ -124,7 +124,9 @@ def read_manifest(path: str | Path, modalities: list[str], *, require_label: boo
         )
     for modality in modalities:
         if modality not in columns:
-            raise IbdcError(f"{path}: no {modality!r} column for --modalities {modality} (columns: {', '.join(columns)})")
+            raise IbdcError(
+                f"{path}: no {modality!r} column for --modalities {modality} (columns: {', '.join(columns)})"
+            )
     if require_label and "label" not in columns:
         raise IbdcError(f"{path}: no 'label' column; this command needs class labels")
     rows = []

@@ -176,6 +176,35 @@ def inspect(
         print_store(info)
 
 
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to build the demo (default: the cache, $IBDC_CACHE).")
+    ] = None,
+    per_class: Annotated[
+        int | None, typer.Option("--per-class", help="Rows per class and split, for a quicker demo (default: all).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the built-in demo: build av-digits, embed train and test with imagebind_tiny, describe the stores.
+
+    Example: ibdc demo --out demo-out
+    """
+    from ibdc_cli.demo import ensure_demo_stores
+    from ibdc_cli.report import describe_store
+
+    paths = ensure_demo_stores(out, per_class=per_class)
+    stores = {split: describe_store(paths[split]) for split in ("train", "test")}
+    if as_json:
+        _print_json({"data": str(paths["data"]), **{k: v for k, v in stores.items()}})
+        return
+    print(f"av-digits media and manifests: {paths['data']}")
+    for split, info in stores.items():
+        dims = ", ".join(f"{m} {d}-d" for m, d in info["modalities"].items())
+        print(f"{split} store: {info['path']}  ({info['rows']} rows, {len(info['class_names'])} classes, {dims})")
+    print(f"next: ibdc inspect {stores['train']['path']}")
+
+
 @datasets_app.command("av-digits", no_args_is_help=True)
 def datasets_av_digits(
     out: Annotated[Path, typer.Argument(help="Directory to write images/, audio/, train.csv, test.csv into.")],

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 from PIL import Image
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_wav(path: Path, seconds: float, rate: int = 16_000, channels: int = 1, freq: float = 440.0) -> Path:

@@ -1,0 +1,58 @@
+"""The built-in demo data: av-digits built and embedded once into a cache directory.
+
+`ibdc demo` runs it end to end, and commands that need a store fall back to it when none is named
+(after `$IBDC_STORE`), saying on stderr which store they used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ibdc_cli.data.benchmark import build_av_digits
+from ibdc_cli.embed import embed_manifest
+from ibdc_cli.runtime import log
+from ibdc_cli.store import INDEX_FILE
+
+DEMO_MODALITIES = ["image", "audio", "text"]
+DEMO_MODEL = "imagebind_tiny"
+STORE_ENV = "IBDC_STORE"
+CACHE_ENV = "IBDC_CACHE"
+
+
+def cache_dir() -> Path:
+    """`$IBDC_CACHE`, else `$XDG_CACHE_HOME/ibdc`, else `~/.cache/ibdc`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ibdc"
+
+
+def ensure_demo_stores(root: Path | None = None, *, per_class: int | None = None) -> dict[str, Path]:
+    """Build av-digits and embed its train and test splits with `imagebind_tiny` (image, audio, text).
+
+    Idempotent: existing stores are reused. Returns {"data": dir, "train": store, "test": store}.
+    """
+    root = Path(root) if root is not None else cache_dir() / "demo"
+    suffix = "" if per_class is None else f"-{per_class}"
+    data_dir = root / f"av-digits{suffix}"
+    manifests = build_av_digits(data_dir, per_class=per_class)
+    result = {"data": data_dir}
+    for split in ("train", "test"):
+        store = root / f"stores{suffix}" / f"av-digits-{split}"
+        if not (store / INDEX_FILE).exists():
+            log(f"embedding av-digits {split} with {DEMO_MODEL} -> {store}")
+            embed_manifest(manifests[split], DEMO_MODALITIES, store, model=DEMO_MODEL, resume=True)
+        result[split] = store
+    return result
+
+
+def default_store(split: str = "train") -> Path:
+    """The store a command uses when none is named: `$IBDC_STORE`, else the demo store (built on first use)."""
+    if os.environ.get(STORE_ENV) and split == "train":
+        path = Path(os.environ[STORE_ENV])
+        log(f"using store {path} (from ${STORE_ENV})")
+        return path
+    path = ensure_demo_stores()[split]
+    log(f"using the built-in demo store {path} (av-digits, {DEMO_MODEL}); name a store or set ${STORE_ENV}")
+    return path

@@ -5,11 +5,14 @@ What it measures, in one process and one run (read the ratios, not the absolute 
 1. builds the av-digits benchmark (`ibdc_cli.data.benchmark.build_av_digits`) with enough rows per class
    and writes a sub-manifest of its first `--rows` train rows beside `train.csv`, so paths still resolve;
 2. `batched`: `ibdc_cli.embed.embed_manifest` on that sub-manifest (DataLoader workers decode, the encoder
-   runs on batches of `--batch-size`), end to end: encoder build, manifest checks, store write;
+   runs on batches of `--batch-size`), end to end: encoder build, manifest checks, store write; with
+   `--workers 2,0` once per worker count;
 3. `loop`: the naive way over the same rows: build the encoder, then for each row and modality
    `preprocess.load(...)` and `encoder.embed(modality, x[None])` under `torch.inference_mode`;
 4. checks that both give the same embeddings (max abs difference) so the comparison is fair;
-5. prints method, rows, seconds, rows/s, peak RSS (main process + DataLoader workers) and the speed-up.
+5. prints method, rows, seconds, rows/s, the speed-up over the loop and peak RSS (main process + DataLoader
+   workers). Each method runs `--repeats` times, interleaved, and its fastest repeat counts: on a shared
+   machine other jobs only ever add time.
 
 The encoder is the small random-init preset `imagebind_tiny` on the CPU; torch's intra-op threads are set
 to the CPU count explicitly (workers use 1 thread each, as `ibdc embed` sets them). Imports and one
@@ -18,7 +21,7 @@ forward pass per modality are warmed up before anything is timed.
 Run from the repository root:
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/embed_throughput.py
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/embed_throughput.py --workers 0 --json
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/embed_throughput.py --workers 2,0 --json
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,12 +69,31 @@ except ImportError:  # fall back to getrusage, which cannot separate the two met
 
 @dataclass
 class Measurement:
+    """One method's repeats. Its time is the fastest repeat: on a shared machine, noise only adds time."""
+
     method: str
     rows: int
-    seconds: float
-    rows_per_s: float
-    peak_rss_mib: float | None  # this process + its DataLoader workers
-    peak_rss_main_mib: float | None  # this process alone
+    repeat_seconds: list[float] = field(default_factory=list)
+    repeat_cpu_seconds: list[float] = field(default_factory=list)  # user + system, this process + workers
+    peak_rss_mib: float | None = None  # this process + its DataLoader workers, max over repeats
+    peak_rss_main_mib: float | None = None  # this process alone, max over repeats
+
+    @property
+    def seconds(self) -> float:
+        return min(self.repeat_seconds)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of the fastest repeat."""
+        return self.repeat_cpu_seconds[self.repeat_seconds.index(self.seconds)]
+
+    def as_dict(self) -> dict:
+        extra = {"seconds": self.seconds, "rows_per_s": self.rows_per_s, "cpu_seconds": self.cpu_seconds}
+        return {**asdict(self), **extra}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -140,6 +162,20 @@ def peak_rss() -> Iterator[dict[str, float | None]]:
         result["main_mib"], result["total_mib"] = peak_main / MIB, peak_total / MIB
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (workers are joined by then)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def cpu_pressure() -> str:
+    """Linux PSI: % of time some runnable task here waited for a CPU ("avg10=.. avg60=.. ..."), or "n/a"."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0].removeprefix("some ")
+    except (OSError, IndexError):
+        return "n/a"
+
+
 def rusage_peaks() -> dict[str, float]:
     """getrusage ru_maxrss in MiB (Linux reports KiB): this process's lifetime peak, and the largest
     peak of any single finished child (DataLoader workers, but also the espeak-ng calls of a build)."""
@@ -152,12 +188,20 @@ def rusage_peaks() -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- methods
 
 
-def timed(method: str, rows: int, run: Callable[[], dict[str, torch.Tensor]]) -> tuple[Measurement, dict]:
+def time_once(measurement: Measurement, run: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Run one repeat of a method, add its time and memory to `measurement`, return its embeddings."""
     with peak_rss() as memory:
+        cpu_started = cpu_seconds()
         started = time.perf_counter()
         embeddings = run()
         seconds = time.perf_counter() - started
-    return Measurement(method, rows, seconds, rows / seconds, memory["total_mib"], memory["main_mib"]), embeddings
+        cpu = cpu_seconds() - cpu_started
+    measurement.repeat_seconds.append(seconds)
+    measurement.repeat_cpu_seconds.append(cpu)
+    if memory["total_mib"] is not None:
+        measurement.peak_rss_mib = max(measurement.peak_rss_mib or 0.0, memory["total_mib"])
+        measurement.peak_rss_main_mib = max(measurement.peak_rss_main_mib or 0.0, memory["main_mib"])
+    return embeddings
 
 
 def embed_batched(manifest: Path, modalities: list[str], batch_size: int, workers: int) -> dict[str, torch.Tensor]:
@@ -212,17 +256,26 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 def print_table(results: list[Measurement], info: dict) -> None:
     header = (
-        f"{'method':<34} {'rows':>5} {'seconds':>8} {'rows/s':>8} "
-        f"{'peak RSS MiB (main+workers)':>28} {'(main only)':>12}"
+        f"{'method':<34} {'rows':>5} {'seconds':>8} {'rows/s':>8} {'speed-up':>9} {'CPU s':>6} "
+        f"{'peak RSS MiB (main+workers)':>28} {'(main only)':>12}   all repeats (s)"
     )
     print(header)
     print("-" * len(header))
+    loop = results[-1]
     for r in results:
         total = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib is not None else "n/a"
         main = f"{r.peak_rss_main_mib:.0f}" if r.peak_rss_main_mib is not None else "n/a"
-        print(f"{r.method:<34} {r.rows:>5} {r.seconds:>8.2f} {r.rows_per_s:>8.1f} {total:>28} {main:>12}")
+        speedup = f"{r.rows_per_s / loop.rows_per_s:.2f}x"
+        repeats = " ".join(f"{t:.2f}" for t in r.repeat_seconds)
+        print(
+            f"{r.method:<34} {r.rows:>5} {r.seconds:>8.2f} {r.rows_per_s:>8.1f} {speedup:>9} {r.cpu_seconds:>6.1f} "
+            f"{total:>28} {main:>12}   {repeats}"
+        )
     print()
-    print(f"speed-up (batched rows/s / loop rows/s): {info['speedup']:.2f}x")
+    print(
+        f"seconds: fastest of {info['repeats']} interleaved repeats; speed-up: rows/s of the method / rows/s "
+        "of the loop; CPU s: user+system CPU time of that repeat, this process + workers"
+    )
     print(f"max |batched - loop| over all embeddings: {info['max_abs_diff']:.2e} (limit {MAX_ABS_DIFF:.0e})")
     print(
         f"modalities {','.join(info['modalities'])}; model {MODEL} (random init, seed {SEED}), CPU; "
@@ -230,6 +283,8 @@ def print_table(results: list[Measurement], info: dict) -> None:
         f"OMP_NUM_THREADS={info['omp_num_threads']}; torch {info['torch']}, Python {info['python']}"
     )
     print(f"peak RSS: {info['memory_method']}")
+    print(f"CPU pressure (/proc/pressure/cpu, some) before: {info['cpu_pressure_before']}")
+    print(f"                                        after:  {info['cpu_pressure_after']}")
     rusage = info["rusage"]
     print(
         f"getrusage ru_maxrss: this process's lifetime peak {rusage['self_lifetime_mib']:.0f} MiB, "
@@ -242,7 +297,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=300, help="train rows of av-digits to embed (default 300)")
     parser.add_argument("--modalities", default="image,audio", help="comma-separated (default image,audio)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of the batched method (default 32)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the batched method (default 2)")
+    parser.add_argument(
+        "--workers",
+        default="2",
+        help="DataLoader workers of the batched method; a comma list (e.g. 2,0) measures each (default 2)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats per method; the fastest counts (default 3)"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -255,8 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.rows < 1:
-        raise SystemExit("--rows must be at least 1")
+    if args.rows < 1 or args.repeats < 1:
+        raise SystemExit("--rows and --repeats must be at least 1")
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        raise SystemExit(f"--workers takes integers separated by commas, not {args.workers!r}") from None
     modalities = parse_modalities(args.modalities)
     cpu_count = os.cpu_count() or 1
     torch.set_num_threads(cpu_count)
@@ -264,17 +330,31 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = prepare_manifest(args.data_dir, args.rows)
     warm_up(manifest, modalities)
-    batched_name = f"batched (batch {args.batch_size}, {args.workers} workers)"
-    batched, batched_out = timed(
-        batched_name, args.rows, lambda: embed_batched(manifest, modalities, args.batch_size, args.workers)
+    pressure_before = cpu_pressure()
+    methods: list[tuple[Measurement, Callable[[], dict[str, torch.Tensor]]]] = [
+        (
+            Measurement(f"batched (batch {args.batch_size}, {w} workers)", args.rows),
+            lambda w=w: embed_batched(manifest, modalities, args.batch_size, w),
+        )
+        for w in worker_counts
+    ]
+    methods.append(
+        (Measurement("loop (1 row at a time, no workers)", args.rows), lambda: embed_loop(manifest, modalities))
     )
-    loop, loop_out = timed("loop (1 row at a time, no workers)", args.rows, lambda: embed_loop(manifest, modalities))
+    # Interleave the repeats (A B C A B C ...) so that a burst of load from other jobs hits every method.
+    outputs = {}
+    for _ in range(args.repeats):
+        for measurement, run in methods:
+            outputs[measurement.method] = time_once(measurement, run)
+    results = [measurement for measurement, _ in methods]
+    loop_out = outputs[results[-1].method]
 
-    diff = max_abs_diff(batched_out, loop_out)
+    diff = max(max_abs_diff(outputs[r.method], loop_out) for r in results[:-1])
     info = {
         "manifest": str(manifest),
         "modalities": modalities,
-        "speedup": batched.rows_per_s / loop.rows_per_s,
+        "repeats": args.repeats,
+        "speedup": {r.method: r.rows_per_s / results[-1].rows_per_s for r in results[:-1]},
         "max_abs_diff": diff,
         "same_embeddings": diff < MAX_ABS_DIFF,
         "torch_threads": torch.get_num_threads(),
@@ -287,12 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             else "psutil not installed: per-method peaks unavailable, see getrusage"
         ),
         "rusage": rusage_peaks(),
+        "cpu_pressure_before": pressure_before,
+        "cpu_pressure_after": cpu_pressure(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    results = [batched, loop]
     if args.json:
-        print(json.dumps({"results": [asdict(r) for r in results], **info}, indent=2))
+        print(json.dumps({"results": [r.as_dict() for r in results], **info}, indent=2))
     else:
         print_table(results, info)
     if not info["same_embeddings"]:

@@ -158,6 +158,145 @@ def embed(
     print(f"wrote {result.store} ({result.rows} rows, {len(result.skipped)} skipped, {result.seconds:.1f} s)")
 
 
+@app.command()
+def condense(
+    store: Annotated[
+        Path | None,
+        typer.Argument(help="Embedding store (from `ibdc embed`); default $IBDC_STORE, else the built-in demo store."),
+    ] = None,
+    modalities: ModalitiesOpt = "image,audio",
+    dpc: Annotated[int, typer.Option("--dpc", help="Synthetic data points per class.")] = 20,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Synthetic set to write (.safetensors); default syn.safetensors.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="imagebinddc (default), dm, avdd, or a selection: random, herding, kcenter.")
+    ] = "imagebinddc",
+    space: Annotated[
+        str,
+        typer.Option("--space", help="embedding: optimise vectors in the joint space; input: optimise model inputs."),
+    ] = "embedding",
+    iterations: Annotated[int, typer.Option("--iterations", help="Optimisation steps per class.")] = 300,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default 0.05 in embedding space, 0.01 for inputs).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd (momentum 0.5).")] = "adam",
+    real_batch: Annotated[int, typer.Option("--real-batch", help="Real rows of a class per step (0 = all).")] = 256,
+    num_freqs: Annotated[int, typer.Option("--num-freqs", help="Frequencies K of the characteristic function.")] = 4096,
+    sigma: Annotated[float, typer.Option("--sigma", help="Frequencies are drawn from N(0, sigma^2 I).")] = 1.0,
+    cf_reduction: Annotated[
+        str,
+        typer.Option(
+            "--cf-reduction", help="ncfm: mean sqrt(a*amp+b*phase) (authors' code); eq3: mean(a*amp+b*phase)."
+        ),
+    ] = "ncfm",
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the CF amplitude term.")] = 0.5,
+    beta: Annotated[float, typer.Option("--beta", help="Weight of the CF phase term.")] = 0.5,
+    lambda_uni: Annotated[float, typer.Option("--lambda-uni", help="Weight of the uni-modal term.")] = 1.0,
+    lambda_cross: Annotated[
+        float, typer.Option("--lambda-cross", help="Weight of the cross-modal term (avdd: of implicit cross matching).")
+    ] = 1.0,
+    lambda_joint: Annotated[
+        float,
+        typer.Option("--lambda-joint", help="Weight of the joint-modal term (avdd: of cross-modal gap matching)."),
+    ] = 1.0,
+    cross_form: Annotated[str, typer.Option("--cross-form", help="paper (Eq. 8-11), hybrid, or none.")] = "paper",
+    joint_form: Annotated[
+        str, typer.Option("--joint-form", help="paper (Eq. 12-13, dot), paper-cos, cf (joint CF), or none.")
+    ] = "paper",
+    freq_bank: Annotated[
+        int, typer.Option("--freq-bank", help="Use B fixed frequency draws with cached real CFs (0 = fresh each step).")
+    ] = 0,
+    init: Annotated[
+        str, typer.Option("--init", help="Initialise synthetic rows from real, noise or herding.")
+    ] = "real",
+    seed: SeedOpt = 0,
+    allow_fewer: Annotated[
+        bool, typer.Option("--allow-fewer", help="A class with fewer real rows than --dpc gets one row per real row.")
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Save a resumable state every N iterations of a class (0 = off).")
+    ] = 50,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run with the same settings.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Input space: encoder preset (default: the store's).")
+    ] = None,
+    checkpoint: CheckpointOpt = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Input space: the training manifest (default: the store's).")
+    ] = None,
+    guide: Annotated[
+        str, typer.Option("--guide", help="Input space: the network the inputs go through (imagebind).")
+    ] = "imagebind",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Condense a store into a few synthetic examples per class.
+
+    Example: ibdc condense stores/train --modalities audio,image --dpc 20 --out syn.safetensors
+    """
+    from ibdc_cli.condense import CondenseConfig
+    from ibdc_cli.condense import condense as run_condense
+    from ibdc_cli.data.manifest import parse_modalities
+    from ibdc_cli.demo import default_store
+
+    config = CondenseConfig(
+        modalities=parse_modalities(modalities),
+        dpc=dpc,
+        method=method,
+        space=space,
+        iterations=iterations,
+        lr=lr,
+        optimizer=optimizer,
+        real_batch=real_batch,
+        num_freqs=num_freqs,
+        sigma=sigma,
+        cf_reduction=cf_reduction,
+        alpha=alpha,
+        beta=beta,
+        lambda_uni=lambda_uni,
+        lambda_cross=lambda_cross,
+        lambda_joint=lambda_joint,
+        cross_form=cross_form,
+        joint_form=joint_form,
+        freq_bank=freq_bank,
+        init=init,
+        seed=seed,
+        allow_fewer=allow_fewer,
+        checkpoint_every=checkpoint_every,
+        guide=guide,
+        model=model,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        manifest=str(manifest) if manifest else None,
+    )
+    config.check()
+    store = store if store is not None else default_store()
+    out = out or Path("syn.safetensors")
+    result = run_condense(store, out, config, device=device, resume=resume, overwrite=overwrite)
+    if not result.metadata:  # not the main process
+        return
+    summary = {
+        "out": str(result.path),
+        "rows": result.rows,
+        "method": config.method,
+        "space": config.space,
+        "dpc": config.dpc,
+        "seconds": round(result.seconds, 2),
+        "final_loss": result.final_loss,
+        "store": str(store),
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    loss = "" if result.final_loss is None else f", final loss {result.final_loss:.4f}"
+    print(
+        f"wrote {result.path} ({result.rows} rows, {config.method}, {config.space} space, {result.seconds:.1f} s{loss})"
+    )
+
+
 @app.command(no_args_is_help=True)
 def inspect(
     path: Annotated[Path, typer.Argument(help="An embedding store directory.")],

@@ -171,3 +171,42 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+SYNTHETIC_FORMAT = "ibdc-synthetic"
+SYNTHETIC_VERSION = 1
+METADATA_KEY = "ibdc"
+
+
+def save_synthetic_set(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write a synthetic set (or selection): tensors per modality + `labels`, JSON metadata under "ibdc"."""
+    metadata = {
+        "format": SYNTHETIC_FORMAT,
+        "format_version": SYNTHETIC_VERSION,
+        "ibdc_version": __version__,
+        **metadata,
+    }
+    atomic_save_tensors(Path(path), tensors, metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+def load_synthetic_set(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a synthetic set; foreign, truncated or newer files raise IbdcError."""
+    path = Path(path)
+    if path.is_dir():
+        raise IbdcError(f"{path} is a directory; a synthetic set is one .safetensors file made by `ibdc condense`")
+    tensors, raw = read_tensors(path, "synthetic set")
+    if METADATA_KEY not in raw:
+        raise IbdcError(f"{path} is a safetensors file but not an ibdc synthetic set (no {METADATA_KEY!r} metadata)")
+    try:
+        metadata = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise IbdcError(f"{path}: corrupt ibdc metadata: {exc}") from None
+    if metadata.get("format") != SYNTHETIC_FORMAT:
+        raise IbdcError(f"{path} is not an ibdc synthetic set (format {metadata.get('format')!r})")
+    if int(metadata.get("format_version", 0)) > SYNTHETIC_VERSION:
+        raise IbdcError(f"{path} has format version {metadata['format_version']}; upgrade ibdc to read it")
+    missing = [m for m in [*metadata.get("modalities", []), "labels"] if m not in tensors]
+    if missing:
+        raise IbdcError(f"{path} lacks tensor {missing[0]!r} listed in its metadata")
+    check_finite(tensors, f"synthetic set {path}")
+    return tensors, metadata

@@ -85,3 +85,11 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """av-digits with 22 rows per class and split, embedded (image, audio, text) with imagebind_tiny."""
+    from ibdc_cli.demo import ensure_demo_stores
+
+    return ensure_demo_stores(tmp_path_factory.mktemp("digits"), per_class=22)

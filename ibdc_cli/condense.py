@@ -1,0 +1,567 @@
+"""Recipe: condense an embedding store into a synthetic set (`ibdc condense`).
+
+Reads top to bottom:
+1. open the store, check the request against it (modalities, DPC vs the smallest class, encoder);
+2. give every class its own random stream, seeded from (seed, class id), and split the classes over
+   the processes (class c -> process c mod N): N processes compute exactly what one process computes;
+3. per class: select real rows (`random`/`herding`/`kcenter`), or initialise synthetic rows and
+   optimise them against the class's real embeddings (`imagebinddc`/`dm`/`avdd`), in the embedding
+   space or, through the frozen encoder, in the model-input space. The real side always comes from the
+   store: it never changes, so it is never recomputed per step;
+4. each finished class is saved as a part file (and long classes checkpoint every few iterations) in
+   `.OUT.partial/`, so an interrupted run resumes with --resume;
+5. the main process merges the classes into one .safetensors file with every setting in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ibdc_cli import losses
+from ibdc_cli.data.preprocess import INPUT_SHAPES
+from ibdc_cli.errors import IbdcError
+from ibdc_cli.methods.selection import SELECTION_METHODS, select
+from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.store import (
+    Store,
+    atomic_save_tensors,
+    atomic_write_json,
+    open_store,
+    read_tensors,
+    save_synthetic_set,
+)
+
+SYNTHESIS_METHODS = ("imagebinddc", "dm", "avdd")
+METHODS = (*SYNTHESIS_METHODS, *SELECTION_METHODS)
+SPACES = ("embedding", "input")
+INITS = ("real", "noise", "herding")
+OPTIMIZERS = ("adam", "sgd")
+GUIDES = ("imagebind",)
+
+
+@dataclass
+class CondenseConfig:
+    """Every setting of a condensation run; recorded verbatim in the synthetic set's metadata."""
+
+    modalities: list[str]
+    dpc: int = 20
+    method: str = "imagebinddc"
+    space: str = "embedding"
+    iterations: int = 300
+    lr: float | None = None  # None: 0.05 in embedding space, 0.01 for model inputs
+    optimizer: str = "adam"
+    real_batch: int = 256  # real rows of a class per step; 0 = all
+    num_freqs: int = 4096
+    sigma: float = 1.0
+    cf_reduction: str = "ncfm"
+    alpha: float = 0.5
+    beta: float = 0.5
+    lambda_uni: float = 1.0
+    lambda_cross: float = 1.0
+    lambda_joint: float = 1.0
+    cross_form: str = "paper"
+    joint_form: str = "paper"
+    freq_bank: int = 0  # 0: fresh frequencies every step (the paper); B: B fixed draws, real CFs cached
+    init: str = "real"
+    seed: int = 0
+    allow_fewer: bool = False
+    checkpoint_every: int = 50
+    # input space only
+    guide: str = "imagebind"
+    model: str | None = None
+    checkpoint: str | None = None
+    manifest: str | None = None
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.05 if self.space == "embedding" else 0.01
+
+    def check(self) -> None:
+        choices = {
+            "method": (self.method, METHODS),
+            "space": (self.space, SPACES),
+            "init": (self.init, INITS),
+            "optimizer": (self.optimizer, OPTIMIZERS),
+            "cf-reduction": (self.cf_reduction, losses.REDUCTIONS),
+            "cross-form": (self.cross_form, losses.CROSS_FORMS),
+            "joint-form": (self.joint_form, losses.JOINT_FORMS),
+            "guide": (self.guide, GUIDES),
+        }
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise IbdcError(f"--{option} {value!r} is not one of: {', '.join(allowed)}")
+        positive = {"dpc": self.dpc, "num-freqs": self.num_freqs}
+        for option, value in positive.items():
+            if value < 1:
+                raise IbdcError(f"--{option} must be at least 1, not {value}")
+        if self.iterations < 0 or self.real_batch < 0 or self.freq_bank < 0 or self.checkpoint_every < 0:
+            raise IbdcError("--iterations, --real-batch, --freq-bank and --checkpoint-every must not be negative")
+        if self.sigma <= 0 or self.learning_rate() <= 0:
+            raise IbdcError("--sigma and --lr must be positive")
+
+
+@dataclass
+class CondenseResult:
+    path: Path
+    rows: int
+    seconds: float
+    final_loss: float | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def class_generator(seed: int, class_id: int) -> torch.Generator:
+    """The random stream of one class: independent of the process count and of the other classes."""
+    state = np.random.SeedSequence([seed, class_id]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the recipe
+
+
+def condense(
+    store_path: str | Path,
+    out: str | Path,
+    config: CondenseConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+) -> CondenseResult:
+    """Condense the store at `store_path` into the synthetic set `out`; see the module docstring."""
+    started = time.time()
+    out = Path(out)
+    config.check()
+    state = process_state(device)
+    torch_device = resolve_device(state, device)
+    store = open_store(store_path)
+    if out.exists() and not overwrite:
+        raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
+    if out.suffix != ".safetensors":
+        raise IbdcError(f"--out {out}: a synthetic set is written as a .safetensors file")
+    missing = [m for m in config.modalities if m not in store.modalities]
+    if missing:
+        raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")
+    if not store.index.get("labeled", bool(store.class_names)):
+        raise IbdcError(f"store {store.path} has no labels; condensation is class-conditional")
+    data = store.load(config.modalities)
+    per_class = _rows_per_class(data["labels"], len(store.class_names))
+    dpc_of = _check_dpc(per_class, store.class_names, config)
+    encoder = _input_space_encoder(store, config, torch_device) if config.space == "input" else None
+
+    job = {"store": store.fingerprint(), "config": asdict(config)}
+    work = partial_dir(out)
+    if state.is_main_process:
+        _prepare_work_dir(work, job, resume)
+    state.wait_for_everyone()
+
+    bank = _frequency_bank(store, config, torch_device) if config.freq_bank else None
+    classes = [c for c in range(len(store.class_names)) if per_class[c].numel()]
+    mine = [c for c in classes if c % state.num_processes == state.process_index]
+    todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
+    if len(todo) < len(mine):
+        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
+    steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
+    with progress_bar(
+        f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
+    ) as advance:
+        for c in todo:
+            real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
+            rows = data["row"][per_class[c]]
+            tensors, history = _condense_class(
+                c, real, rows, dpc_of[c], config, store, encoder, bank, work, torch_device, advance
+            )
+            tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
+            atomic_save_tensors(
+                work / f"class-{c:05d}.safetensors",
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={"history": json.dumps(history)},
+            )
+            (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
+    state.wait_for_everyone()
+    result = None
+    if state.is_main_process:
+        result = _write_synthetic_set(out, work, classes, store, config, encoder, started)
+        shutil.rmtree(work, ignore_errors=True)
+    state.wait_for_everyone()
+    return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
+
+
+def _rows_per_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    return [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+
+
+def _check_dpc(per_class: list[torch.Tensor], class_names: list[str], config: CondenseConfig) -> list[int]:
+    counts = [int(rows.numel()) for rows in per_class]
+    smallest = min((n for n in counts if n), default=0)
+    if config.dpc > smallest and not config.allow_fewer:
+        c = counts.index(smallest)
+        raise IbdcError(
+            f"--dpc {config.dpc} is more than class {class_names[c]!r} has ({smallest} real rows); lower --dpc, "
+            "or pass --allow-fewer to give such classes one synthetic row per real row"
+        )
+    return [min(config.dpc, n) for n in counts]
+
+
+def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
+    job_file = work / "job.json"
+    if resume and job_file.exists():
+        previous = json.loads(job_file.read_text())
+        if previous != json.loads(json.dumps(job)):
+            changed = sorted(k for k in job["config"] if previous["config"].get(k) != job["config"][k])
+            what = ", ".join(changed) or "the store"
+            raise IbdcError(f"--resume: the unfinished run at {work} used other settings ({what}); drop --resume")
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(job_file, job)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one class
+
+
+def _condense_class(c, real, rows, dpc, config, store, encoder, bank, work, device, advance):
+    """Synthetic (or selected) tensors of class `c` and its loss history."""
+    generator = class_generator(config.seed, c)
+    if config.method in SELECTION_METHODS:
+        chosen = select(config.method, {m: v.cpu() for m, v in real.items()}, dpc, generator)
+        advance(1, loss="-")
+        if config.space == "embedding":
+            return {m: real[m][chosen] for m in config.modalities}, []
+        return _real_inputs(store, config, rows[chosen], encoder), []
+
+    params = _initial_params(real, rows, dpc, config, store, encoder, generator)
+    optimizer = _make_optimizer(list(params.values()), config)
+    state_file = work / f"state-{c:05d}.safetensors"
+    start, history = _load_class_state(state_file, params, optimizer, generator)
+    for iteration in range(start, config.iterations):
+        terms = _step(real, params, config, encoder, bank, c, generator, optimizer)
+        history.append(terms)
+        advance(1, loss=f"{terms['total']:.4f}")
+        done = iteration + 1
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
+            _save_class_state(state_file, params, optimizer, generator, history)
+    return _synthetic_tensors(params, config, encoder), history
+
+
+def _initial_params(real, rows, dpc, config, store, encoder, generator) -> dict[str, torch.Tensor]:
+    """Leaf tensors to optimise: embedding vectors `[dpc, D]`, or model inputs `[dpc, *input shape]`."""
+    n = next(iter(real.values())).shape[0]
+    if config.init == "herding":
+        chosen = select("herding", {m: v.cpu() for m, v in real.items()}, dpc, generator)
+    else:
+        chosen = torch.randperm(n, generator=generator)[:dpc]
+    params = {}
+    input_modalities = _input_modalities(config)
+    real_inputs = (
+        _real_inputs(store, config, rows[chosen], encoder, input_modalities)
+        if input_modalities and config.init != "noise"
+        else {}
+    )
+    for m in config.modalities:
+        if m in input_modalities:
+            if config.init == "noise":
+                value = torch.randn((dpc, *INPUT_SHAPES[m]), generator=generator)
+            else:
+                value = real_inputs[m]
+        elif config.init == "noise":
+            value = torch.randn((dpc, real[m].shape[1]), generator=generator)
+        else:
+            value = real[m][chosen].cpu()
+        params[m] = value.to(next(iter(real.values())).device).clone().requires_grad_(True)
+    return params
+
+
+def _input_modalities(config: CondenseConfig) -> list[str]:
+    """Modalities optimised as model inputs; text can't be optimised as tokens, so it stays an embedding."""
+    if config.space != "input":
+        return []
+    return [m for m in config.modalities if m != "text"]
+
+
+def _synthetic_embeddings(params, config, encoder) -> dict[str, torch.Tensor]:
+    """Unit-norm embeddings of the current synthetic rows. Embedding-space rows are parametrised
+    normalised (SPEC §3): terms linear in a row's norm would otherwise reward blowing it up."""
+    inputs = _input_modalities(config)
+    return {
+        m: encoder.embed(m, params[m]) if m in inputs else torch.nn.functional.normalize(params[m], dim=-1)
+        for m in config.modalities
+    }
+
+
+def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:
+    inputs = _input_modalities(config)
+    return {
+        m: params[m].detach() if m in inputs else torch.nn.functional.normalize(params[m].detach(), dim=-1)
+        for m in config.modalities
+    }
+
+
+def _make_optimizer(params: list[torch.Tensor], config: CondenseConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate())
+    return torch.optim.SGD(params, lr=config.learning_rate(), momentum=0.5)
+
+
+def _step(real, params, config, encoder, bank, class_id, generator, optimizer) -> dict[str, float]:
+    """One optimisation step of one class; returns the loss terms as floats."""
+    batch = _real_batch(real, config.real_batch, generator)
+    syn = _synthetic_embeddings(params, config, encoder)
+    if config.method == "dm":
+        terms = {"total": losses.dm_loss(batch, syn)}
+    elif config.method == "avdd":
+        terms = losses.avdd_loss(batch, syn, lambda_icm=config.lambda_cross, lambda_cgm=config.lambda_joint)
+    else:
+        terms = _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _real_batch(real: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`size` real rows of the class, the same rows for every modality (rows stay paired); all if size=0."""
+    n = next(iter(real.values())).shape[0]
+    if size == 0 or n <= size:
+        return real
+    index = torch.randperm(n, generator=generator)[:size].to(next(iter(real.values())).device)
+    return {m: v[index] for m, v in real.items()}
+
+
+def _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator) -> dict[str, torch.Tensor]:
+    device = next(iter(syn.values())).device
+    needs_joint_cf = config.joint_form == "cf" and config.lambda_joint and len(config.modalities) > 1
+    cf_options = dict(alpha=config.alpha, beta=config.beta, reduction=config.cf_reduction)
+    real_cf = real_joint_cf = None
+    if bank is not None:
+        # A fixed bank of B frequency draws whose real-side CFs (over all the class's rows) are cached.
+        b = int(torch.randint(len(bank["freqs"]), (1,), generator=generator))
+        freqs = {m: bank["freqs"][b][m] for m in config.modalities}
+        freqs_joint = bank["joint"][b] if needs_joint_cf else None
+        real_cf = bank["real_cf"][class_id][b]
+        real_joint_cf = bank["real_joint_cf"][class_id][b] if needs_joint_cf else None
+        batch = real
+    else:
+        freqs = {m: _draw(config, real[m].shape[1], generator, device) for m in config.modalities}
+        total_dim = sum(real[m].shape[1] for m in config.modalities)
+        freqs_joint = _draw(config, total_dim, generator, device) if needs_joint_cf else None
+    return losses.imagebinddc_loss(
+        batch,
+        syn,
+        freqs=freqs,
+        freqs_joint=freqs_joint,
+        lambda_uni=config.lambda_uni,
+        lambda_cross=config.lambda_cross,
+        lambda_joint=config.lambda_joint,
+        cross_form=config.cross_form,
+        joint_form=config.joint_form,
+        generator=generator,
+        real_cf=real_cf,
+        real_joint_cf=real_joint_cf,
+        **cf_options,
+    )
+
+
+def _draw(config: CondenseConfig, dim: int, generator: torch.Generator, device) -> torch.Tensor:
+    return losses.sample_frequencies(config.num_freqs, dim, config.sigma, generator=generator).to(device)
+
+
+def _frequency_bank(store: Store, config: CondenseConfig, device) -> dict[str, Any]:
+    """B fixed frequency draws (seeded by --seed alone) and every class's real-side CFs under each."""
+    generator = torch.Generator().manual_seed(config.seed)
+    dims = store.modalities
+    data = store.load(config.modalities)
+    per_class = _rows_per_class(data["labels"], len(store.class_names))
+    joint = config.joint_form == "cf" and len(config.modalities) > 1
+    total_dim = sum(dims[m] for m in config.modalities)
+    freqs = [{m: _draw(config, dims[m], generator, device) for m in config.modalities} for _ in range(config.freq_bank)]
+    joint_freqs = [_draw(config, total_dim, generator, device) if joint else None for _ in range(config.freq_bank)]
+    real_cf, real_joint_cf = {}, {}
+    for c, rows in enumerate(per_class):
+        if not rows.numel():
+            continue
+        real = {m: losses.l2n(data[m][rows].to(device)) for m in config.modalities}
+        real_cf[c] = [losses.modality_cfs(real, f) for f in freqs]
+        if joint:
+            concat = torch.cat([real[m] for m in config.modalities], dim=1)
+            real_joint_cf[c] = [losses.characteristic_function(concat, jf) for jf in joint_freqs]
+    return {"freqs": freqs, "joint": joint_freqs, "real_cf": real_cf, "real_joint_cf": real_joint_cf}
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints of one class: safetensors only (parameters, optimiser state, random stream, history)
+
+
+def _save_class_state(path: Path, params, optimizer, generator, history) -> None:
+    tensors = {f"param.{m}": p.detach().cpu() for m, p in params.items()}
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{i}.{key}"] = value.detach().cpu()
+    tensors["generator"] = generator.get_state()
+    atomic_save_tensors(path, tensors, metadata={"history": json.dumps(history), "params": json.dumps(list(params))})
+
+
+def _load_class_state(path: Path, params, optimizer, generator) -> tuple[int, list]:
+    if not path.exists():
+        return 0, []
+    tensors, metadata = read_tensors(path, "condensation checkpoint")
+    with torch.no_grad():
+        for m, p in params.items():
+            p.copy_(tensors[f"param.{m}"])
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        state = {key.split(".", 2)[2]: v.to(p.device) for key, v in tensors.items() if key.startswith(f"opt.{i}.")}
+        if state:
+            if "step" in state:
+                state["step"] = state["step"].cpu()
+            optimizer.state[p] = state
+    generator.set_state(tensors["generator"])
+    history = json.loads(metadata["history"])
+    return len(history), history
+
+
+# ----------------------------------------------------------------------------------------------------
+# input space: the frozen encoder, real inputs for initialisation
+
+
+def _input_space_encoder(store: Store, config: CondenseConfig, device):
+    """The store's own encoder (never another one: the real side comes from the store)."""
+    from ibdc_cli.encoders.imagebind import load_encoder, same_encoder
+
+    recorded = store.encoder
+    preset = config.model or recorded["preset"]
+    if preset != recorded["preset"]:
+        raise IbdcError(f"--model {preset}: store {store.path} was embedded with {recorded['preset']}")
+    if recorded["weights"] != "random-init" and not config.checkpoint:
+        raise IbdcError(
+            f"store {store.path} was embedded with checkpoint sha256 {recorded['weights'][:12]}…; pass that "
+            "file with --checkpoint for --space input"
+        )
+    encoder = load_encoder(
+        preset,
+        checkpoint=config.checkpoint,
+        random_init=recorded["weights"] == "random-init",
+        seed=recorded.get("seed") or 0,
+    )
+    if not same_encoder(encoder.describe(), recorded):
+        raise IbdcError(
+            f"--checkpoint is not the encoder that made store {store.path} "
+            f"(store: {recorded['weights'][:12]}…, given: {encoder.describe()['weights'][:12]}…)"
+        )
+    encoder.to(device)
+    return encoder
+
+
+def _real_inputs(store: Store, config: CondenseConfig, rows: torch.Tensor, encoder, modalities=None):
+    """Preprocessed model inputs of manifest rows `rows` (text as its store embedding's source is
+    not optimisable: text rows are returned as the encoder's embedding of the tokens)."""
+    from ibdc_cli.data.manifest import read_manifest
+    from ibdc_cli.data.preprocess import load
+
+    modalities = modalities or config.modalities
+    manifest_path = Path(config.manifest or store.index["manifest"]["path"])
+    if not manifest_path.exists():
+        raise IbdcError(f"--space input needs the training manifest: {manifest_path} not found (pass --manifest)")
+    manifest = read_manifest(manifest_path, modalities, require_label=False)
+    if manifest.sha256 != store.index["manifest"]["sha256"]:
+        raise IbdcError(f"manifest {manifest_path} is not the one store {store.path} was made from (SHA-256 differs)")
+    out = {}
+    for m in modalities:
+        values = [load(m, manifest.rows[int(r)][m], manifest.base_dir) for r in rows]
+        batch = torch.stack(values)
+        if m == "text":
+            with torch.no_grad():
+                batch = encoder.embed("text", batch.to(encoder.device)).cpu()
+        out[m] = batch
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the output file
+
+
+def _write_synthetic_set(out, work, classes, store, config, encoder, started) -> CondenseResult:
+    parts = [read_tensors(work / f"class-{c:05d}.safetensors", "partial condensation") for c in classes]
+    tensors = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
+    histories = [json.loads(p[1].get("history", "[]")) for p in parts]
+    history = _sum_histories(histories)
+    seconds = time.time() - started
+    kind = "selection" if config.method in SELECTION_METHODS else "synthetic"
+    tensor_spaces = {m: ("input" if m in _input_modalities(config) else "embedding") for m in config.modalities}
+    metadata = {
+        "kind": kind,
+        "method": config.method,
+        "space": config.space,
+        "tensor_spaces": tensor_spaces,
+        "modalities": config.modalities,
+        "dpc": config.dpc,
+        "rows_per_class": {
+            store.class_names[c]: int(p[0]["labels"].numel()) for c, p in zip(classes, parts, strict=True)
+        },
+        "class_names": store.class_names,
+        "encoder": encoder.describe() if encoder is not None else store.encoder,
+        "settings": {**asdict(config), "lr": config.learning_rate()},
+        "seed": config.seed,
+        "iterations": config.iterations if kind == "synthetic" else 0,
+        "loss_history": history,
+        "final_loss": history["total"][-1] if history.get("total") else None,
+        "wall_time_s": round(seconds, 3),
+        "peak_memory_mib": round(_peak_rss_mib(), 1),
+        "source_store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint()},
+        "command": reproduce_command(store.path, config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    save_synthetic_set(out, tensors, metadata)
+    return CondenseResult(
+        path=out,
+        rows=int(tensors["labels"].numel()),
+        seconds=seconds,
+        final_loss=metadata["final_loss"],
+        metadata=metadata,
+    )
+
+
+def _sum_histories(histories: list[list[dict[str, float]]]) -> dict[str, list[float]]:
+    """Per-iteration loss terms summed over classes (the objective is a sum over classes)."""
+    histories = [h for h in histories if h]
+    if not histories:
+        return {}
+    length = min(len(h) for h in histories)
+    return {key: [round(sum(h[i][key] for h in histories), 6) for i in range(length)] for key in histories[0][0]}
+
+
+def _peak_rss_mib() -> float:
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def reproduce_command(store_path: Path, config: CondenseConfig) -> str:
+    """The `ibdc condense` command line that makes this set again."""
+    defaults = CondenseConfig(modalities=config.modalities)
+    parts = ["ibdc", "condense", str(store_path), "--modalities", ",".join(config.modalities)]
+    for key, value in asdict(config).items():
+        if key == "modalities" or value == getattr(defaults, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "")
+        else:
+            parts += [flag, str(value)]
+    return " ".join(p for p in parts if p)

@@ -1,0 +1,337 @@
+"""`ibdc condense`: every method and space, determinism, 1 vs 2 processes, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ibdc_cli.store import load_synthetic_set, open_store
+
+QUICK = ["--iterations", "6", "--num-freqs", "256", "--device", "cpu"]
+
+
+def _same(a, b) -> None:
+    ta, ma = load_synthetic_set(a)
+    tb, mb = load_synthetic_set(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    assert ma["loss_history"] == mb["loss_history"]
+
+
+@pytest.mark.parametrize("method", ["imagebinddc", "dm", "avdd", "random", "herding", "kcenter"])
+@pytest.mark.parametrize("dpc", [1, 10, 20])
+def test_every_method_embedding_space(digits, tmp_path, cli, method, dpc):
+    out = tmp_path / "syn.safetensors"
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image",
+        "--dpc",
+        dpc,
+        "--method",
+        method,
+        "--out",
+        out,
+        *QUICK,
+        "--json",
+    )
+    assert result.code == 0, result
+    tensors, meta = load_synthetic_set(out)
+    assert tensors["image"].shape == (10 * dpc, 256) and tensors["audio"].shape == (10 * dpc, 256)
+    assert tensors["labels"].tolist() == [c for c in range(10) for _ in range(dpc)]
+    assert torch.allclose(tensors["audio"].norm(dim=-1), torch.ones(10 * dpc), atol=1e-5)
+    assert meta["method"] == method and meta["dpc"] == dpc and meta["space"] == "embedding"
+    assert meta["source_store"]["fingerprint"] == open_store(digits["train"]).fingerprint()
+    assert meta["settings"]["num_freqs"] == 256 and meta["class_names"][0] == "eight"
+    if method in ("random", "herding", "kcenter"):
+        assert meta["kind"] == "selection"
+        real = open_store(digits["train"]).load(["image"])["image"]
+        # a selection holds real rows, unchanged
+        assert all((real == row).all(dim=1).any() for row in tensors["image"])
+    else:
+        assert meta["kind"] == "synthetic" and len(meta["loss_history"]["total"]) == 6
+        assert json.loads(result.out)["final_loss"] == meta["loss_history"]["total"][-1]
+
+
+def test_optimisation_lowers_the_loss(digits, tmp_path, cli):
+    out = tmp_path / "syn.safetensors"
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image",
+        "--dpc",
+        5,
+        "--out",
+        out,
+        "--iterations",
+        60,
+        "--init",
+        "noise",
+        "--num-freqs",
+        512,
+    )
+    assert result.code == 0, result
+    history = load_synthetic_set(out)[1]["loss_history"]
+    assert sum(history["total"][-5:]) < 0.6 * sum(history["total"][:5])
+    assert set(history) == {"uni", "cross", "joint", "total"}
+
+
+@pytest.mark.parametrize("method", ["imagebinddc", "dm", "avdd", "random", "herding", "kcenter"])
+def test_every_method_input_space(digits, tmp_path, cli, method):
+    out = tmp_path / "syn.safetensors"
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image,text",
+        "--dpc",
+        1,
+        "--method",
+        method,
+        "--space",
+        "input",
+        "--out",
+        out,
+        "--iterations",
+        2,
+        "--num-freqs",
+        128,
+    )
+    assert result.code == 0, result
+    tensors, meta = load_synthetic_set(out)
+    assert tensors["image"].shape == (10, 3, 224, 224)
+    assert tensors["audio"].shape == (10, 3, 1, 128, 204)
+    assert tensors["text"].shape == (10, 256)  # text stays in embedding space
+    assert meta["tensor_spaces"] == {"audio": "input", "image": "input", "text": "embedding"}
+    assert meta["encoder"]["preset"] == "imagebind_tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dpc", [10, 20])
+def test_input_space_larger_dpc(digits, tmp_path, cli, dpc):
+    out = tmp_path / "syn.safetensors"
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image",
+        "--dpc",
+        dpc,
+        "--space",
+        "input",
+        "--out",
+        out,
+        "--iterations",
+        2,
+        "--num-freqs",
+        128,
+    )
+    assert result.code == 0, result
+    assert load_synthetic_set(out)[0]["image"].shape == (10 * dpc, 3, 224, 224)
+
+
+def test_input_space_optimisation_changes_pixels_and_lowers_loss(digits, tmp_path, cli):
+    out = tmp_path / "syn.safetensors"
+    args = ["-m", "image", "--dpc", 2, "--space", "input", "--method", "dm", "--init", "noise", "--lr", "0.05"]
+    result = cli("condense", digits["train"], *args, "--out", out, "--iterations", 12)
+    assert result.code == 0, result
+    assert cli("condense", digits["train"], *args, "--out", tmp_path / "start.safetensors", "--iterations", 0).code == 0
+    history = load_synthetic_set(out)[1]["loss_history"]["total"]
+    assert history[-1] < 0.8 * history[0]
+    moved = load_synthetic_set(out)[0]["image"] - load_synthetic_set(tmp_path / "start.safetensors")[0]["image"]
+    assert moved.abs().mean() > 0.01
+
+
+def test_same_command_twice_is_identical(digits, tmp_path, cli):
+    for name in ("a", "b"):
+        args = [
+            "condense",
+            digits["train"],
+            "-m",
+            "audio,image,text",
+            "--dpc",
+            3,
+            "--out",
+            tmp_path / f"{name}.safetensors",
+            *QUICK,
+            "--joint-form",
+            "cf",
+            "--cross-form",
+            "hybrid",
+        ]
+        assert cli(*args).code == 0
+    _same(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+
+
+def test_other_seed_differs(digits, tmp_path, cli):
+    for seed in (0, 1):
+        assert (
+            cli(
+                "condense",
+                digits["train"],
+                "-m",
+                "audio",
+                "--dpc",
+                2,
+                "--seed",
+                seed,
+                "--out",
+                tmp_path / f"{seed}.safetensors",
+                *QUICK,
+            ).code
+            == 0
+        )
+    a = load_synthetic_set(tmp_path / "0.safetensors")[0]["audio"]
+    b = load_synthetic_set(tmp_path / "1.safetensors")[0]["audio"]
+    assert not torch.equal(a, b)
+
+
+def test_two_processes_equal_one(digits, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["condense", str(digits["train"]), "-m", "audio,image", "--dpc", "4", *QUICK, "--joint-form", "cf"]
+    one = subprocess.run(
+        [sys.executable, "-m", "ibdc_cli", *args, "--out", str(tmp_path / "one.safetensors")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ibdc_cli",
+            *args,
+            "--out",
+            str(tmp_path / "two.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote") == 1  # only the main process writes and reports
+    _same(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+
+
+@pytest.mark.parametrize("kill_at", [7, 12])
+def test_killed_run_resumes_to_the_same_set(digits, tmp_path, cli, monkeypatch, kill_at):
+    args = [
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image",
+        "--dpc",
+        3,
+        "--iterations",
+        10,
+        "--num-freqs",
+        128,
+        "--checkpoint-every",
+        4,
+        "--device",
+        "cpu",
+    ]
+    assert cli(*args, "--out", tmp_path / "whole.safetensors").code == 0
+
+    real_step = torch.optim.Adam.step
+    count = {"n": 0}
+
+    def step_then_die(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == kill_at:  # the kill lands in the middle of class 0 (7) or class 1 (12)
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_die)
+    out = tmp_path / "resumed.safetensors"
+    assert cli(*args, "--out", out).code == 130
+    assert not out.exists() and (tmp_path / ".resumed.safetensors.partial").is_dir()
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    resumed = cli(*args, "--out", out, "--resume")
+    assert resumed.code == 0, resumed
+    _same(tmp_path / "whole.safetensors", out)
+    assert not (tmp_path / ".resumed.safetensors.partial").exists()
+
+
+def test_dpc_above_smallest_class(digits, tmp_path, cli):
+    out = tmp_path / "syn.safetensors"
+    result = cli("condense", digits["train"], "-m", "audio", "--dpc", 50, "--out", out, *QUICK)
+    assert result.code == 2 and "--dpc 50" in result.err and "--allow-fewer" in result.err
+    assert not out.exists() and not (tmp_path / ".syn.safetensors.partial").exists()
+    allowed = cli("condense", digits["train"], "-m", "audio", "--dpc", 50, "--out", out, *QUICK, "--allow-fewer")
+    assert allowed.code == 0, allowed
+    tensors, meta = load_synthetic_set(out)
+    assert tensors["labels"].numel() == open_store(digits["train"]).num_rows
+    assert meta["rows_per_class"]["zero"] == open_store(digits["train"]).index["rows_per_class"]["zero"]
+
+
+def test_bad_input_exit_2_without_output(digits, tmp_path, cli):
+    out = tmp_path / "syn.safetensors"
+    cases = [
+        (["-m", "depth"], "no 'depth' embeddings"),
+        (["-m", "audio", "--method", "magic"], "--method 'magic'"),
+        (["-m", "audio", "--space", "input", "--model", "imagebind_huge"], "was embedded with imagebind_tiny"),
+        (["-m", "audio", "--cross-form", "diagonal"], "--cross-form"),
+    ]
+    for extra, expect in cases:
+        result = cli("condense", digits["train"], *extra, "--out", out, *QUICK)
+        assert result.code == 2, (extra, result)
+        assert expect in result.err and "Traceback" not in result.err
+        assert not out.exists()
+
+
+def test_store_from_another_encoder_in_input_space(digits, tmp_path, cli):
+    from ibdc_cli.encoders.imagebind import load_encoder
+
+    torch.save(load_encoder("imagebind_tiny", seed=9).model.state_dict(), tmp_path / "other.pth")
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "image",
+        "--space",
+        "input",
+        "--checkpoint",
+        tmp_path / "other.pth",
+        "--out",
+        tmp_path / "syn.safetensors",
+        *QUICK,
+    )
+    assert result.code == 2 and "not the encoder that made store" in result.err
+
+
+def test_nan_and_corrupt_store(digits, tmp_path, cli):
+    bad = tmp_path / "bad-store"
+    shutil.copytree(digits["train"], bad)
+    shard = next(bad.glob("shard-*.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(shard)
+    tensors["audio"][5, 3] = float("nan")
+    save_file(tensors, shard)
+    result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "a.safetensors", *QUICK)
+    assert result.code == 2 and "NaN or Inf" in result.err and "row 5" in result.err
+
+    shard.write_bytes(shard.read_bytes()[:1000])
+    result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "b.safetensors", *QUICK)
+    assert result.code == 2 and "truncated or foreign" in result.err
+    (bad / "index.json").write_text("{not json")
+    result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "c.safetensors", *QUICK)
+    assert result.code == 2 and "corrupt" in result.err
+    assert not any(tmp_path.glob("*.safetensors"))

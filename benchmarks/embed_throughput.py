@@ -10,9 +10,9 @@ What it measures, in one process and one run (read the ratios, not the absolute 
 3. `loop`: the naive way over the same rows: build the encoder, then for each row and modality
    `preprocess.load(...)` and `encoder.embed(modality, x[None])` under `torch.inference_mode`;
 4. checks that both give the same embeddings (max abs difference) so the comparison is fair;
-5. prints method, rows, seconds, rows/s, the speed-up over the loop and peak RSS (main process + DataLoader
-   workers). Each method runs `--repeats` times, interleaved, and its fastest repeat counts: on a shared
-   machine other jobs only ever add time.
+5. prints method, rows, seconds, rows/s, the speed-up over the loop, CPU time and peak RSS (main process +
+   DataLoader workers), plus the machine's CPU pressure before and after. Each method runs `--repeats`
+   times, interleaved, and its fastest repeat counts: on a shared machine other jobs only ever add time.
 
 The encoder is the small random-init preset `imagebind_tiny` on the CPU; torch's intra-op threads are set
 to the CPU count explicitly (workers use 1 thread each, as `ibdc embed` sets them). Imports and one
@@ -257,7 +257,7 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 def print_table(results: list[Measurement], info: dict) -> None:
     header = (
         f"{'method':<34} {'rows':>5} {'seconds':>8} {'rows/s':>8} {'speed-up':>9} {'CPU s':>6} "
-        f"{'peak RSS MiB (main+workers)':>28} {'(main only)':>12}   all repeats (s)"
+        f"{'peak RSS MiB (main+workers)':>28} {'(main only)':>12}   all repeats (wall s/CPU s)"
     )
     print(header)
     print("-" * len(header))
@@ -266,7 +266,7 @@ def print_table(results: list[Measurement], info: dict) -> None:
         total = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib is not None else "n/a"
         main = f"{r.peak_rss_main_mib:.0f}" if r.peak_rss_main_mib is not None else "n/a"
         speedup = f"{r.rows_per_s / loop.rows_per_s:.2f}x"
-        repeats = " ".join(f"{t:.2f}" for t in r.repeat_seconds)
+        repeats = " ".join(f"{t:.1f}/{c:.1f}" for t, c in zip(r.repeat_seconds, r.repeat_cpu_seconds, strict=True))
         print(
             f"{r.method:<34} {r.rows:>5} {r.seconds:>8.2f} {r.rows_per_s:>8.1f} {speedup:>9} {r.cpu_seconds:>6.1f} "
             f"{total:>28} {main:>12}   {repeats}"

@@ -210,6 +210,10 @@ def condense(
     init: Annotated[
         str, typer.Option("--init", help="Initialise synthetic rows from real, noise or herding.")
     ] = "real",
+    center: Annotated[
+        bool,
+        typer.Option("--center/--no-center", help="Condense in the centred space normalize(x - store mean) (default)."),
+    ] = True,
     seed: SeedOpt = 0,
     allow_fewer: Annotated[
         bool, typer.Option("--allow-fewer", help="A class with fewer real rows than --dpc gets one row per real row.")
@@ -264,6 +268,7 @@ def condense(
         joint_form=joint_form,
         freq_bank=freq_bank,
         init=init,
+        center=center,
         seed=seed,
         allow_fewer=allow_fewer,
         checkpoint_every=checkpoint_every,
@@ -295,6 +300,44 @@ def condense(
     print(
         f"wrote {result.path} ({result.rows} rows, {config.method}, {config.space} space, {result.seconds:.1f} s{loss})"
     )
+
+
+@app.command(no_args_is_help=True)
+def evaluate(
+    synthetic: Annotated[Path, typer.Argument(help="Synthetic set or selection (.safetensors from `ibdc condense`).")],
+    test: Annotated[Path | None, typer.Option("--test", help="Real test store; default: the demo test store.")] = None,
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="linear (per-modality linear heads, late fusion) or mlp.")
+    ] = "linear",
+    seeds: Annotated[int, typer.Option("--seeds", help="Training runs with different seeds; reports mean ± std.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the fixed head-training schedule.")] = 300,
+    train: Annotated[
+        Path | None, typer.Option("--train", help="Also train on this whole real store: whole-data result and ratio.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train heads on a synthetic set and report top-1 accuracy on a real test store (mean ± std).
+
+    Example: ibdc evaluate syn.safetensors --test stores/test --train stores/train --seeds 3
+    """
+    from ibdc_cli.demo import default_store
+    from ibdc_cli.evaluate import HeadSchedule
+    from ibdc_cli.evaluate import evaluate as run_evaluate
+
+    test = test if test is not None else default_store("test")
+    result = run_evaluate(
+        synthetic, test, protocol=protocol, seeds=seeds, schedule=HeadSchedule(epochs=epochs), train_store=train
+    )
+    if as_json:
+        _print_json(result)
+        return
+    line = (
+        f"{result['method']} dpc {result['dpc']}: {result['mean']:.2f} ± {result['std']:.2f} % ({protocol}, "
+        f"{seeds} seeds, {result['test_rows']} test rows)"
+    )
+    print(line)
+    if "whole_mean" in result:
+        print(f"whole data: {result['whole_mean']:.2f} ± {result['whole_std']:.2f} %   ratio {result['ratio']:.3f}")
 
 
 @app.command(no_args_is_help=True)

@@ -72,6 +72,7 @@ class CondenseConfig:
     cross_form: str = "paper"
     joint_form: str = "paper"
     freq_bank: int = 0  # 0: fresh frequencies every step (the paper); B: B fixed draws, real CFs cached
+    center: bool = True  # work in the centred space: normalize(x - mean of the store), see `centred_space`
     init: str = "real"
     seed: int = 0
     allow_fewer: bool = False
@@ -160,6 +161,9 @@ def condense(
     if not store.index.get("labeled", bool(store.class_names)):
         raise IbdcError(f"store {store.path} has no labels; condensation is class-conditional")
     data = store.load(config.modalities)
+    centers = {m: data[m].mean(0) if config.center else torch.zeros(data[m].shape[1]) for m in config.modalities}
+    for m in config.modalities:
+        data[m] = centred_space(data[m], centers[m])
     per_class = _rows_per_class(data["labels"], len(store.class_names))
     dpc_of = _check_dpc(per_class, store.class_names, config)
     encoder = _input_space_encoder(store, config, torch_device) if config.space == "input" else None
@@ -170,7 +174,8 @@ def condense(
         _prepare_work_dir(work, job, resume)
     state.wait_for_everyone()
 
-    bank = _frequency_bank(store, config, torch_device) if config.freq_bank else None
+    bank = _frequency_bank(data, per_class, config, torch_device) if config.freq_bank else None
+    centers = {m: v.to(torch_device) for m, v in centers.items()}
     classes = [c for c in range(len(store.class_names)) if per_class[c].numel()]
     mine = [c for c in classes if c % state.num_processes == state.process_index]
     todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
@@ -184,7 +189,7 @@ def condense(
             real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
             rows = data["row"][per_class[c]]
             tensors, history = _condense_class(
-                c, real, rows, dpc_of[c], config, store, encoder, bank, work, torch_device, advance
+                c, real, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
             )
             tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
             atomic_save_tensors(
@@ -196,7 +201,7 @@ def condense(
     state.wait_for_everyone()
     result = None
     if state.is_main_process:
-        result = _write_synthetic_set(out, work, classes, store, config, encoder, started)
+        result = _write_synthetic_set(out, work, classes, store, config, encoder, centers, started)
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
@@ -237,22 +242,23 @@ def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
 # one class
 
 
-def _condense_class(c, real, rows, dpc, config, store, encoder, bank, work, device, advance):
+def _condense_class(c, real, rows, dpc, config, store, encoder, centers, bank, work, device, advance):
     """Synthetic (or selected) tensors of class `c` and its loss history."""
     generator = class_generator(config.seed, c)
     if config.method in SELECTION_METHODS:
         chosen = select(config.method, {m: v.cpu() for m, v in real.items()}, dpc, generator)
         advance(1, loss="-")
-        if config.space == "embedding":
-            return {m: real[m][chosen] for m in config.modalities}, []
-        return _real_inputs(store, config, rows[chosen], encoder), []
+        selected = {m: real[m][chosen] for m in config.modalities}
+        if config.space == "input":
+            selected.update(_real_inputs(store, config, rows[chosen], _input_modalities(config)))
+        return selected, []
 
     params = _initial_params(real, rows, dpc, config, store, encoder, generator)
     optimizer = _make_optimizer(list(params.values()), config)
     state_file = work / f"state-{c:05d}.safetensors"
     start, history = _load_class_state(state_file, params, optimizer, generator)
     for iteration in range(start, config.iterations):
-        terms = _step(real, params, config, encoder, bank, c, generator, optimizer)
+        terms = _step(real, params, config, encoder, centers, bank, c, generator, optimizer)
         history.append(terms)
         advance(1, loss=f"{terms['total']:.4f}")
         done = iteration + 1
@@ -271,7 +277,7 @@ def _initial_params(real, rows, dpc, config, store, encoder, generator) -> dict[
     params = {}
     input_modalities = _input_modalities(config)
     real_inputs = (
-        _real_inputs(store, config, rows[chosen], encoder, input_modalities)
+        _real_inputs(store, config, rows[chosen], input_modalities)
         if input_modalities and config.init != "noise"
         else {}
     )
@@ -296,14 +302,28 @@ def _input_modalities(config: CondenseConfig) -> list[str]:
     return [m for m in config.modalities if m != "text"]
 
 
-def _synthetic_embeddings(params, config, encoder) -> dict[str, torch.Tensor]:
+def _synthetic_embeddings(params, config, encoder, centers) -> dict[str, torch.Tensor]:
     """Unit-norm embeddings of the current synthetic rows. Embedding-space rows are parametrised
     normalised (SPEC §3): terms linear in a row's norm would otherwise reward blowing it up."""
     inputs = _input_modalities(config)
     return {
-        m: encoder.embed(m, params[m]) if m in inputs else torch.nn.functional.normalize(params[m], dim=-1)
+        m: centred_space(encoder.embed(m, params[m]), centers[m])
+        if m in inputs
+        else torch.nn.functional.normalize(params[m], dim=-1)
         for m in config.modalities
     }
+
+
+def centred_space(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """`normalize(x - center)` `[N, D]`: the space ibdc condenses in (with --no-center, center = 0).
+
+    A randomly initialised ImageBind tower maps every input close to one direction (on av-digits with
+    imagebind_tiny the mean cosine between image embeddings is 0.996): unit vectors in a tiny cap, where
+    CF frequencies of scale 1 see almost no difference. Subtracting the store's mean per modality spreads
+    them out (mean cosine 0.002) and lifts a logistic-regression probe from 48 % to 82 % on images.
+    The centre is saved in the synthetic set, and `ibdc evaluate` maps test embeddings the same way.
+    """
+    return torch.nn.functional.normalize(x - center.to(x.dtype), dim=-1)
 
 
 def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:
@@ -320,10 +340,10 @@ def _make_optimizer(params: list[torch.Tensor], config: CondenseConfig) -> torch
     return torch.optim.SGD(params, lr=config.learning_rate(), momentum=0.5)
 
 
-def _step(real, params, config, encoder, bank, class_id, generator, optimizer) -> dict[str, float]:
+def _step(real, params, config, encoder, centers, bank, class_id, generator, optimizer) -> dict[str, float]:
     """One optimisation step of one class; returns the loss terms as floats."""
     batch = _real_batch(real, config.real_batch, generator)
-    syn = _synthetic_embeddings(params, config, encoder)
+    syn = _synthetic_embeddings(params, config, encoder, centers)
     if config.method == "dm":
         terms = {"total": losses.dm_loss(batch, syn)}
     elif config.method == "avdd":
@@ -383,21 +403,19 @@ def _draw(config: CondenseConfig, dim: int, generator: torch.Generator, device) 
     return losses.sample_frequencies(config.num_freqs, dim, config.sigma, generator=generator).to(device)
 
 
-def _frequency_bank(store: Store, config: CondenseConfig, device) -> dict[str, Any]:
+def _frequency_bank(data, per_class, config: CondenseConfig, device) -> dict[str, Any]:
     """B fixed frequency draws (seeded by --seed alone) and every class's real-side CFs under each."""
     generator = torch.Generator().manual_seed(config.seed)
-    dims = store.modalities
-    data = store.load(config.modalities)
-    per_class = _rows_per_class(data["labels"], len(store.class_names))
+    dims = {m: data[m].shape[1] for m in config.modalities}
     joint = config.joint_form == "cf" and len(config.modalities) > 1
-    total_dim = sum(dims[m] for m in config.modalities)
+    total_dim = sum(dims.values())
     freqs = [{m: _draw(config, dims[m], generator, device) for m in config.modalities} for _ in range(config.freq_bank)]
     joint_freqs = [_draw(config, total_dim, generator, device) if joint else None for _ in range(config.freq_bank)]
     real_cf, real_joint_cf = {}, {}
     for c, rows in enumerate(per_class):
         if not rows.numel():
             continue
-        real = {m: losses.l2n(data[m][rows].to(device)) for m in config.modalities}
+        real = {m: data[m][rows].to(device) for m in config.modalities}
         real_cf[c] = [losses.modality_cfs(real, f) for f in freqs]
         if joint:
             concat = torch.cat([real[m] for m in config.modalities], dim=1)
@@ -469,37 +487,29 @@ def _input_space_encoder(store: Store, config: CondenseConfig, device):
     return encoder
 
 
-def _real_inputs(store: Store, config: CondenseConfig, rows: torch.Tensor, encoder, modalities=None):
-    """Preprocessed model inputs of manifest rows `rows` (text as its store embedding's source is
-    not optimisable: text rows are returned as the encoder's embedding of the tokens)."""
+def _real_inputs(store: Store, config: CondenseConfig, rows: torch.Tensor, modalities: list[str]):
+    """Preprocessed model inputs `{m: [n, *input shape]}` of the manifest rows `rows` (for init and selections)."""
     from ibdc_cli.data.manifest import read_manifest
     from ibdc_cli.data.preprocess import load
 
-    modalities = modalities or config.modalities
     manifest_path = Path(config.manifest or store.index["manifest"]["path"])
     if not manifest_path.exists():
         raise IbdcError(f"--space input needs the training manifest: {manifest_path} not found (pass --manifest)")
     manifest = read_manifest(manifest_path, modalities, require_label=False)
     if manifest.sha256 != store.index["manifest"]["sha256"]:
         raise IbdcError(f"manifest {manifest_path} is not the one store {store.path} was made from (SHA-256 differs)")
-    out = {}
-    for m in modalities:
-        values = [load(m, manifest.rows[int(r)][m], manifest.base_dir) for r in rows]
-        batch = torch.stack(values)
-        if m == "text":
-            with torch.no_grad():
-                batch = encoder.embed("text", batch.to(encoder.device)).cpu()
-        out[m] = batch
-    return out
+    return {m: torch.stack([load(m, manifest.rows[int(r)][m], manifest.base_dir) for r in rows]) for m in modalities}
 
 
 # ----------------------------------------------------------------------------------------------------
 # the output file
 
 
-def _write_synthetic_set(out, work, classes, store, config, encoder, started) -> CondenseResult:
+def _write_synthetic_set(out, work, classes, store, config, encoder, centers, started) -> CondenseResult:
     parts = [read_tensors(work / f"class-{c:05d}.safetensors", "partial condensation") for c in classes]
     tensors = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
+    if config.center:
+        tensors.update({f"center.{m}": v.detach().cpu() for m, v in centers.items()})
     histories = [json.loads(p[1].get("history", "[]")) for p in parts]
     history = _sum_histories(histories)
     seconds = time.time() - started
@@ -510,6 +520,7 @@ def _write_synthetic_set(out, work, classes, store, config, encoder, started) ->
         "method": config.method,
         "space": config.space,
         "tensor_spaces": tensor_spaces,
+        "centred": config.center,
         "modalities": config.modalities,
         "dpc": config.dpc,
         "rows_per_class": {

@@ -1,0 +1,191 @@
+"""Recipe: evaluate a synthetic set (or selection) on a real test store (`ibdc evaluate`).
+
+Protocols (SPEC §4):
+- `linear` (default) and `mlp`: one head per modality on frozen unit-norm embeddings, trained on the
+  synthetic rows only; late fusion = mean of the heads' softmaxes; top-1 accuracy on the test store.
+
+Every protocol uses a fixed schedule (epochs, learning rate, weight decay are settings, never tuned on
+the test split); the test split is read only to score the trained heads. `--seeds N` repeats training
+with N seeds (head initialisation and batch order) and reports mean ± std. `--train STORE` trains the
+same heads on the whole real training store, for the ratio synthetic / whole.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ibdc_cli.condense import centred_space
+from ibdc_cli.encoders.imagebind import same_encoder
+from ibdc_cli.errors import IbdcError
+from ibdc_cli.runtime import log
+from ibdc_cli.store import Store, load_synthetic_set, open_store
+
+PROTOCOLS = ("linear", "mlp")
+
+
+@dataclass
+class HeadSchedule:
+    """The fixed training schedule of the evaluation heads (full batch; small data)."""
+
+    epochs: int = 300
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    hidden: int = 256  # mlp only
+    batch_size: int = 256
+
+
+def _head(protocol: str, dim: int, classes: int, hidden: int) -> torch.nn.Module:
+    if protocol == "linear":
+        return torch.nn.Linear(dim, classes)
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+
+
+def train_heads(
+    features: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    protocol: str,
+    schedule: HeadSchedule,
+    seed: int,
+) -> dict[str, torch.nn.Module]:
+    """One head per modality, trained with cross-entropy on `features[m]` `[N, D]` and `labels` `[N]`."""
+    heads = {}
+    for index, (modality, x) in enumerate(features.items()):
+        generator = torch.Generator().manual_seed(seed * 1000 + index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1000 + index)
+            head = _head(protocol, x.shape[1], num_classes, schedule.hidden)
+        optimizer = torch.optim.Adam(head.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+        x = F.normalize(x.float(), dim=-1)
+        for _ in range(schedule.epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), schedule.batch_size):
+                batch = order[start : start + schedule.batch_size]
+                loss = F.cross_entropy(head(x[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        heads[modality] = head.eval()
+    return heads
+
+
+@torch.no_grad()
+def fused_accuracy(heads: dict[str, torch.nn.Module], features: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    """Top-1 accuracy of late fusion: the mean of the per-modality softmaxes."""
+    probs = torch.stack([F.softmax(heads[m](F.normalize(features[m].float(), dim=-1)), dim=-1) for m in heads])
+    return float((probs.mean(0).argmax(-1) == labels).float().mean())
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "runs": values,
+    }
+
+
+def evaluate(
+    synthetic: str | Path,
+    test_store: str | Path,
+    *,
+    protocol: str = "linear",
+    seeds: int = 3,
+    schedule: HeadSchedule | None = None,
+    train_store: str | Path | None = None,
+    modalities: list[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of heads trained on `synthetic` and tested on `test_store` (mean ± std over seeds)."""
+    schedule = schedule or HeadSchedule()
+    if protocol not in PROTOCOLS:
+        raise IbdcError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+    if seeds < 1:
+        raise IbdcError("--seeds must be at least 1")
+    tensors, meta = load_synthetic_set(synthetic)
+    test = open_store(test_store)
+    modalities = modalities or list(meta["modalities"])
+    features = _synthetic_features(tensors, meta, modalities, synthetic)
+    _check_compatible(meta, test, modalities, synthetic)
+    class_names = list(meta["class_names"])
+    centers = {m: tensors[f"center.{m}"] for m in modalities if f"center.{m}" in tensors}
+    test_data, test_labels = _store_features(test, modalities, class_names, centers)
+    syn_labels = tensors["labels"].long()
+
+    runs = []
+    for seed in range(seeds):
+        heads = train_heads(features, syn_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed)
+        runs.append(100.0 * fused_accuracy(heads, test_data, test_labels))
+    result: dict[str, Any] = {
+        "protocol": protocol,
+        "metric": "top-1 accuracy (%)",
+        "synthetic": str(synthetic),
+        "method": meta.get("method"),
+        "dpc": meta.get("dpc"),
+        "modalities": modalities,
+        "test_rows": int(test_labels.numel()),
+        "schedule": vars(schedule),
+        **_summary(runs),
+    }
+    if train_store is not None:
+        train = open_store(train_store)
+        _check_compatible(meta, train, modalities, train_store)
+        train_data, train_labels = _store_features(train, modalities, class_names, centers)
+        log(f"training the same heads on the whole store {train.path} ({train_labels.numel()} rows)")
+        whole = []
+        for seed in range(seeds):
+            heads = train_heads(
+                train_data, train_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed
+            )
+            whole.append(100.0 * fused_accuracy(heads, test_data, test_labels))
+        summary = _summary(whole)
+        result.update(
+            whole_mean=summary["mean"],
+            whole_std=summary["std"],
+            whole_runs=whole,
+            ratio=result["mean"] / summary["mean"] if summary["mean"] else None,
+        )
+    return result
+
+
+def _synthetic_features(tensors, meta, modalities, path) -> dict[str, torch.Tensor]:
+    missing = [m for m in modalities if m not in tensors]
+    if missing:
+        raise IbdcError(f"synthetic set {path} has no {missing[0]!r} (it has: {', '.join(meta['modalities'])})")
+    spaces = meta.get("tensor_spaces", {})
+    if any(spaces.get(m) == "input" for m in modalities):
+        raise IbdcError(
+            f"{path} holds model inputs (--space input); the linear/mlp protocols on input-space sets are not "
+            "supported in this version"
+        )
+    return {m: tensors[m] for m in modalities}
+
+
+def _check_compatible(meta: dict, store: Store, modalities: list[str], what) -> None:
+    if not same_encoder(meta["encoder"], store.encoder):
+        raise IbdcError(
+            f"{what} and store {store.path} come from different encoders "
+            f"({meta['encoder'].get('preset')}/{str(meta['encoder'].get('weights'))[:12]} vs "
+            f"{store.encoder.get('preset')}/{str(store.encoder.get('weights'))[:12]}, dims "
+            f"{meta['encoder'].get('out_dim')} vs {store.encoder.get('out_dim')})"
+        )
+    missing = [m for m in modalities if m not in store.modalities]
+    if missing:
+        raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")
+
+
+def _store_features(store: Store, modalities: list[str], class_names: list[str], centers: dict[str, torch.Tensor]):
+    """A store's embeddings, mapped into the synthetic set's (centred) space, with its labels mapped to the
+    synthetic set's class ids by class name."""
+    unknown = [n for n in store.class_names if n not in class_names]
+    if unknown:
+        raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
+    data = store.load(modalities)
+    mapping = torch.tensor([class_names.index(n) for n in store.class_names], dtype=torch.long)
+    features = {m: centred_space(data[m], centers[m]) if m in centers else data[m] for m in modalities}
+    return features, mapping[data["labels"]]

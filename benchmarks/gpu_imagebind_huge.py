@@ -1,0 +1,114 @@
+"""Seconds per step and peak memory of input-space ImageBindDC with a random-init imagebind_huge.
+
+A 10-class job shaped like VGGS-10K (audio + image, real batch 128 per class), DPC 1, 10 and 20, for the
+paper's Table 6 comparison (57.46 s / 5.6 GB at DPC 1 on an A100). The real side is what a store holds:
+cached unit-norm embeddings, never recomputed per step. Each step is one class's step of `ibdc condense`
+(the same `_step` function): synthetic pixels and fbanks -> frozen encoder -> tri-level CF loss -> backward
+-> Adam. One iteration over the 10 classes is 10 such steps.
+
+    python benchmarks/gpu_imagebind_huge.py                 # on a GPU machine
+    python benchmarks/gpu_imagebind_huge.py --tiny --steps 2   # imagebind_tiny on CPU (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from ibdc_cli.condense import CondenseConfig, _initial_params, _make_optimizer, _step, class_generator
+from ibdc_cli.encoders.imagebind import load_encoder
+from ibdc_cli.runtime import autocast
+
+CLASSES = 10
+REAL_ROWS_PER_CLASS = 1000  # VGGS-10K: ~1000 training pairs per class
+
+
+def measure(encoder, dpc: int, steps: int, num_freqs: int, device: torch.device) -> dict:
+    config = CondenseConfig(
+        modalities=["audio", "image"], dpc=dpc, space="input", init="noise", real_batch=128, num_freqs=num_freqs
+    )
+    dim = encoder.out_dim
+    generator = class_generator(0, 0)
+    real = {
+        m: torch.nn.functional.normalize(torch.randn(REAL_ROWS_PER_CLASS, dim, generator=generator), dim=-1).to(device)
+        for m in config.modalities
+    }
+    centers = {m: torch.zeros(dim, device=device) for m in config.modalities}
+    params = _initial_params(real, None, dpc, config, None, encoder, generator)
+    optimizer = _make_optimizer(list(params.values()), config)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    _step(real, params, config, encoder, centers, None, 0, generator, optimizer)  # warm-up
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        _step(real, params, config, encoder, centers, None, 0, generator, optimizer)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    per_step = sorted(times)[len(times) // 2]
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "dpc": dpc,
+        "seconds_per_class_step": round(per_step, 4),
+        "seconds_per_iteration_10_classes": round(per_step * CLASSES, 3),
+        "peak_memory_gib": round(peak, 2),
+        "memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="imagebind_tiny on CPU instead of imagebind_huge")
+    parser.add_argument("--dpc", default="1,10,20", help="comma-separated DPCs")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per DPC (after one warm-up)")
+    parser.add_argument("--num-freqs", type=int, default=4096)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    preset = "imagebind_tiny" if args.tiny else "imagebind_huge"
+    started = time.perf_counter()
+    encoder = load_encoder(preset, random_init=True, seed=0).to(device)
+    load_seconds = time.perf_counter() - started
+    rows = []
+    for dpc in [int(d) for d in args.dpc.split(",")]:
+        with autocast(device, args.precision):
+            rows.append(measure(encoder, dpc, args.steps, args.num_freqs, device))
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    report = {
+        "preset": preset,
+        "device": card,
+        "precision": args.precision,
+        "encoder_load_s": round(load_seconds, 1),
+        "real_batch": 128,
+        "classes": CLASSES,
+        "num_freqs": args.num_freqs,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{preset} on {card} ({args.precision}), real batch 128, K={args.num_freqs}, load {load_seconds:.1f} s")
+    print(f"{'DPC':>4} {'s/class-step':>13} {'s/iteration (10 classes)':>25} {'peak GiB':>9}")
+    for row in rows:
+        print(
+            f"{row['dpc']:>4} {row['seconds_per_class_step']:>13.4f} {row['seconds_per_iteration_10_classes']:>25.3f} "
+            f"{row['peak_memory_gib']:>9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -233,7 +233,11 @@ def condense(
         Path | None, typer.Option("--manifest", help="Input space: the training manifest (default: the store's).")
     ] = None,
     guide: Annotated[
-        str, typer.Option("--guide", help="Input space: the network the inputs go through (imagebind).")
+        str,
+        typer.Option(
+            "--guide",
+            help="Input space: imagebind (the frozen encoder) or convnet (a random ConvNet redrawn every step).",
+        ),
     ] = "imagebind",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -341,21 +345,103 @@ def evaluate(
 
 
 @app.command(no_args_is_help=True)
-def inspect(
-    path: Annotated[Path, typer.Argument(help="An embedding store directory.")],
+def bind(
+    manifest: Annotated[
+        Path, typer.Argument(help="CSV or JSONL manifest of paired rows: a column per modality, optional label.")
+    ],
+    modalities: ModalitiesOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encoder checkpoint to write (.safetensors).")],
+    anchor: Annotated[
+        str, typer.Option("--anchor", help="The modality whose tower stays frozen; the others are bound to it.")
+    ] = "image",
+    model: ModelOpt = "imagebind_tiny",
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training rows.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step (InfoNCE negatives).")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Epochs of linear warm-up.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
+    label_positives: Annotated[
+        bool,
+        typer.Option("--label-positives", help="Count rows of the same label as positives, not only the same row."),
+    ] = False,
+    center_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--center-anchor/--no-center-anchor",
+            help="Subtract the anchor's mean output over the training rows (saved in the checkpoint).",
+        ),
+    ] = True,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of rows held out (seeded) for before/after retrieval.")
+    ] = 0.1,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted bind of the same job.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe an embedding store: modalities, dims, rows per class, encoder, preprocessing, provenance.
+    """Bind modalities to a frozen anchor tower (as ImageBind binds them to images): an aligned encoder.
 
-    Example: ibdc inspect stores/train --json
+    Example: ibdc bind data/train.csv --modalities image,audio --anchor image --epochs 30 --out enc.safetensors
     """
-    from ibdc_cli.report import describe_store, print_store
+    from ibdc_cli.bind import bind_encoder, format_report
+    from ibdc_cli.data.manifest import parse_modalities
 
-    info = describe_store(path)
+    result = bind_encoder(
+        manifest,
+        parse_modalities(modalities),
+        anchor,
+        out,
+        model=model,
+        checkpoint=checkpoint,
+        random_init=random_init,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        temperature=temperature,
+        label_positives=label_positives,
+        center_anchor=center_anchor,
+        val_fraction=val_fraction,
+        workers=workers,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    if not result.metadata:  # not the main process
+        return
+    if as_json:
+        meta = result.metadata
+        keys = ("preset", "anchor", "bound", "rows", "metrics", "loss_history", "wall_time_s", "settings")
+        _print_json({"out": str(result.out), **{k: meta[k] for k in keys}})
+        return
+    print(format_report(result))
+
+
+@app.command(no_args_is_help=True)
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A synthetic set (.safetensors) or an embedding store directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe a synthetic set (method, settings, loss curve, how to reproduce it) or an embedding store.
+
+    Example: ibdc inspect syn.safetensors
+    """
+    from ibdc_cli import report
+
+    info = report.describe_store(path) if path.is_dir() else report.describe_synthetic(path)
     if as_json:
         _print_json(info)
+    elif info["kind"] == "store":
+        report.print_store(info)
     else:
-        print_store(info)
+        report.print_synthetic(info)
 
 
 @app.command()

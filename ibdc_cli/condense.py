@@ -46,7 +46,7 @@ METHODS = (*SYNTHESIS_METHODS, *SELECTION_METHODS)
 SPACES = ("embedding", "input")
 INITS = ("real", "noise", "herding")
 OPTIMIZERS = ("adam", "sgd")
-GUIDES = ("imagebind",)
+GUIDES = ("imagebind", "convnet")
 
 
 @dataclass
@@ -110,6 +110,13 @@ class CondenseConfig:
             raise IbdcError("--iterations, --real-batch, --freq-bank and --checkpoint-every must not be negative")
         if self.sigma <= 0 or self.learning_rate() <= 0:
             raise IbdcError("--sigma and --lr must be positive")
+        if self.guide == "convnet":
+            if self.space != "input":
+                raise IbdcError("--guide convnet optimises model inputs: use it with --space input")
+            if "text" in self.modalities:
+                raise IbdcError("--guide convnet has no text network; drop text from --modalities")
+            if self.freq_bank:
+                raise IbdcError("--freq-bank caches real CFs, but the ConvNet guide is redrawn every step")
 
 
 @dataclass
@@ -166,7 +173,8 @@ def condense(
         data[m] = centred_space(data[m], centers[m])
     per_class = _rows_per_class(data["labels"], len(store.class_names))
     dpc_of = _check_dpc(per_class, store.class_names, config)
-    encoder = _input_space_encoder(store, config, torch_device) if config.space == "input" else None
+    use_imagebind = config.space == "input" and config.guide == "imagebind"
+    encoder = _input_space_encoder(store, config, torch_device) if use_imagebind else None
 
     job = {"store": store.fingerprint(), "config": asdict(config)}
     work = partial_dir(out)
@@ -188,8 +196,15 @@ def condense(
         for c in todo:
             real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
             rows = data["row"][per_class[c]]
+            if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
+                # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
+                target = {
+                    m: v.to(torch_device) for m, v in _real_inputs(store, config, rows, config.modalities).items()
+                }
+            else:
+                target = real
             tensors, history = _condense_class(
-                c, real, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
+                c, real, target, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
             )
             tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
             atomic_save_tensors(
@@ -242,8 +257,12 @@ def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
 # one class
 
 
-def _condense_class(c, real, rows, dpc, config, store, encoder, centers, bank, work, device, advance):
-    """Synthetic (or selected) tensors of class `c` and its loss history."""
+def _condense_class(c, real, target, rows, dpc, config, store, encoder, centers, bank, work, device, advance):
+    """Synthetic (or selected) tensors of class `c` and its loss history.
+
+    `real`: the class's store embeddings `{m: [n, D]}` (selection, initialisation); `target`: what the
+    synthetic rows are matched against each step (the same embeddings, or real inputs for the ConvNet guide).
+    """
     generator = class_generator(config.seed, c)
     if config.method in SELECTION_METHODS:
         chosen = select(config.method, {m: v.cpu() for m, v in real.items()}, dpc, generator)
@@ -258,7 +277,7 @@ def _condense_class(c, real, rows, dpc, config, store, encoder, centers, bank, w
     state_file = work / f"state-{c:05d}.safetensors"
     start, history = _load_class_state(state_file, params, optimizer, generator)
     for iteration in range(start, config.iterations):
-        terms = _step(real, params, config, encoder, centers, bank, c, generator, optimizer)
+        terms = _step(target, params, config, encoder, centers, bank, c, generator, optimizer)
         history.append(terms)
         advance(1, loss=f"{terms['total']:.4f}")
         done = iteration + 1
@@ -343,7 +362,16 @@ def _make_optimizer(params: list[torch.Tensor], config: CondenseConfig) -> torch
 def _step(real, params, config, encoder, centers, bank, class_id, generator, optimizer) -> dict[str, float]:
     """One optimisation step of one class; returns the loss terms as floats."""
     batch = _real_batch(real, config.real_batch, generator)
-    syn = _synthetic_embeddings(params, config, encoder, centers)
+    if config.guide == "convnet" and config.space == "input":
+        from ibdc_cli.encoders.convnet import random_guides
+
+        guides = random_guides(config.modalities, generator, next(iter(params.values())).device)
+        with torch.no_grad():
+            batch = {m: guides[m](batch[m]) for m in config.modalities}
+        syn = {m: guides[m](params[m]) for m in config.modalities}
+        real = batch
+    else:
+        syn = _synthetic_embeddings(params, config, encoder, centers)
     if config.method == "dm":
         terms = {"total": losses.dm_loss(batch, syn)}
     elif config.method == "avdd":
@@ -379,8 +407,8 @@ def _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator) -> d
         real_joint_cf = bank["real_joint_cf"][class_id][b] if needs_joint_cf else None
         batch = real
     else:
-        freqs = {m: _draw(config, real[m].shape[1], generator, device) for m in config.modalities}
-        total_dim = sum(real[m].shape[1] for m in config.modalities)
+        freqs = {m: _draw(config, syn[m].shape[1], generator, device) for m in config.modalities}
+        total_dim = sum(syn[m].shape[1] for m in config.modalities)
         freqs_joint = _draw(config, total_dim, generator, device) if needs_joint_cf else None
     return losses.imagebinddc_loss(
         batch,

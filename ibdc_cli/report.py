@@ -64,3 +64,78 @@ def print_store(info: dict[str, Any]) -> None:
     for modality, params in info["preprocessing"].items():
         text = ", ".join(f"{k}={v}" for k, v in params.items())
         stdout.print(f"  [dim]{modality}: {text}[/]")
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A one-line picture of a curve: `values` resampled to `width` bars between their min and max."""
+    if not values:
+        return ""
+    step = max(1, len(values) // width)
+    points = [sum(values[i : i + step]) / len(values[i : i + step]) for i in range(0, len(values), step)][:width]
+    low, high = min(points), max(points)
+    span = (high - low) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1) + 0.5))] for v in points)
+
+
+def describe_synthetic(path: str | Path) -> dict[str, Any]:
+    """What `ibdc inspect FILE` shows for a synthetic set or selection, as a JSON-ready dict."""
+    from ibdc_cli.store import load_synthetic_set
+
+    tensors, meta = load_synthetic_set(path)
+    history = meta.get("loss_history", {})
+    return {
+        "kind": meta.get("kind"),
+        "path": str(path),
+        "format_version": meta.get("format_version"),
+        "ibdc_version": meta.get("ibdc_version"),
+        "method": meta.get("method"),
+        "space": meta.get("space"),
+        "modalities": meta.get("modalities"),
+        "tensors": {
+            name: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for name, t in tensors.items()
+        },
+        "dpc": meta.get("dpc"),
+        "rows": int(tensors["labels"].numel()),
+        "rows_per_class": meta.get("rows_per_class", {}),
+        "class_names": meta.get("class_names", []),
+        "encoder": meta.get("encoder", {}),
+        "settings": meta.get("settings", {}),
+        "centred": meta.get("centred", False),
+        "iterations": meta.get("iterations"),
+        "final_loss": meta.get("final_loss"),
+        "loss_history": history,
+        "wall_time_s": meta.get("wall_time_s"),
+        "peak_memory_mib": meta.get("peak_memory_mib"),
+        "source_store": meta.get("source_store", {}),
+        "command": meta.get("command"),
+        "created": meta.get("created"),
+    }
+
+
+def print_synthetic(info: dict[str, Any]) -> None:
+    encoder = info["encoder"]
+    weights = encoder.get("weights", "")
+    weights = f"random-init (seed {encoder.get('seed')})" if weights == "random-init" else f"checkpoint {weights[:12]}…"
+    stdout.print(f"[bold]{info['kind']} set[/] {info['path']}")
+    stdout.print(
+        f"  method       {info['method']}, {info['space']} space, DPC {info['dpc']}, {info['rows']} rows"
+        f"{', centred' if info['centred'] else ''}"
+    )
+    for name, tensor in info["tensors"].items():
+        stdout.print(f"  tensor       {name} {tensor['shape']} {tensor['dtype']}")
+    stdout.print(f"  encoder      {encoder.get('preset')} (out dim {encoder.get('out_dim')}), {weights}")
+    source = info["source_store"]
+    stdout.print(f"  source store {source.get('path')}  fingerprint {str(source.get('fingerprint'))[:16]}…")
+    stdout.print(
+        f"  made         {info['created']} by ibdc {info['ibdc_version']} in {info['wall_time_s']} s, "
+        f"peak {info['peak_memory_mib']} MiB"
+    )
+    for term, values in info["loss_history"].items():
+        if values:
+            stdout.print(f"  loss {term:<7} {sparkline(values)}  {values[0]:.4g} → {values[-1]:.4g}")
+    settings = ", ".join(f"{k}={v}" for k, v in info["settings"].items() if k != "modalities")
+    stdout.print(f"  [dim]settings: {settings}[/]")
+    stdout.print(f"  reproduce    {info['command']}")

@@ -337,3 +337,31 @@ def test_nan_and_corrupt_store(digits, tmp_path, cli):
     result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "c.safetensors", *QUICK)
     assert result.code == 2 and "corrupt" in result.err
     assert not any(tmp_path.glob("*.safetensors"))
+
+
+def test_convnet_guide_input_space(digits, tmp_path, cli):
+    out = tmp_path / "cv.safetensors"
+    args = ["-m", "audio,image", "--dpc", 1, "--space", "input", "--guide", "convnet", "--real-batch", 4]
+    result = cli(
+        "condense", digits["train"], *args, "--out", out, "--iterations", 2, "--num-freqs", 128, "--method", "dm"
+    )
+    assert result.code == 0, result
+    tensors, meta = load_synthetic_set(out)
+    assert tensors["image"].shape == (10, 3, 224, 224) and meta["settings"]["guide"] == "convnet"
+    assert len(meta["loss_history"]["total"]) == 2
+    for extra, expect in [(["--space", "embedding"], "--space input"), (["-m", "text,audio"], "no text network")]:
+        bad = cli("condense", digits["train"], *args, *extra, "--out", tmp_path / "bad.safetensors", *QUICK)
+        assert bad.code == 2 and expect in bad.err, bad
+
+
+def test_inspect_synthetic_set(digits, tmp_path, cli):
+    out = tmp_path / "syn.safetensors"
+    assert cli("condense", digits["train"], "-m", "audio,image", "--dpc", 2, "--out", out, *QUICK).code == 0
+    human = cli("inspect", out)
+    assert human.code == 0 and "imagebinddc" in human.out and "reproduce" in human.out and "loss total" in human.out
+    info = json.loads(cli("inspect", out, "--json").out)
+    assert info["kind"] == "synthetic" and info["tensors"]["image"]["shape"] == [20, 256]
+    assert info["command"].startswith("ibdc condense") and "--num-freqs 256" in info["command"]
+    (tmp_path / "foreign.safetensors").write_bytes(out.read_bytes()[:100])
+    bad = cli("inspect", tmp_path / "foreign.safetensors")
+    assert bad.code == 2 and "truncated or foreign" in bad.err

@@ -1,0 +1,691 @@
+"""Recipe: bind modalities to a frozen anchor tower, the way ImageBind binds them to images (`ibdc bind`).
+
+ImageBind (Girdhar et al., 2023) keeps its image tower frozen and trains each other modality's tower
+(preprocessor, trunk, head) with InfoNCE on (image, X) pairs, so every modality lands in the image
+space. `ibdc bind` does the same on the user's own manifest, starting from a small random-init preset or
+any `--checkpoint`, and writes a checkpoint that `--checkpoint` accepts everywhere.
+
+Reads top to bottom:
+1. check the request and the manifest before any model work: at least two modalities, the anchor among
+   them, every row has an anchor cell, every other cell names a file of a known format;
+2. load the starting encoder and split the rows (seeded) into training rows and held-out rows;
+3. decode and preprocess every row once, into memory. The frozen anchor tower runs over all rows once,
+   and its raw outputs are centred on their mean over the training rows: a random tower maps every
+   input close to one direction, and InfoNCE against near-identical targets has nothing to learn;
+4. train the other towers with symmetric InfoNCE against the fixed anchor embeddings (AdamW, linear
+   warm-up, cosine decay). Each epoch ends with a safetensors checkpoint in `.OUT.partial/`, so an
+   interrupted run continues with --resume;
+5. measure held-out retrieval before and after, and write the full state dict plus the anchor centre
+   (`ibdc.center.<anchor>`) and JSON metadata atomically.
+
+The embedding space of the result is `Encoder.embed(m, x) = normalize(forward_raw(m, x) - center_m)`,
+exactly what training optimised, so `load_encoder(preset, checkpoint=out)` reproduces it bit for bit.
+
+Under torchrun / accelerate launch the main process binds on its device and the others return at once:
+one tower on a few thousand rows does not need data parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ibdc_cli import __version__
+from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
+from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
+from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, Encoder, load_encoder
+from ibdc_cli.errors import IbdcError
+from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, read_tensors
+
+BOUND_FORMAT = "ibdc-bound-encoder"
+BOUND_VERSION = 1
+# The parts of ImageBindModel that make up one modality's tower; the postprocessors (normalise, fixed
+# logit scale) have nothing to train once outputs are re-normalised.
+TOWER_PARTS = ("modality_preprocessors", "modality_trunks", "modality_heads")
+
+
+@dataclass
+class BindResult:
+    """What `bind_encoder` made. `encoder` is the trained model in memory (eval mode), equal to
+    `load_encoder(preset, checkpoint=out)`; on non-main processes `encoder` is None and `metadata` empty."""
+
+    out: Path
+    encoder: Encoder | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def before(self) -> dict[str, dict[str, float]]:
+        return self.metadata.get("metrics", {}).get("before", {})
+
+    @property
+    def after(self) -> dict[str, dict[str, float]]:
+        return self.metadata.get("metrics", {}).get("after", {})
+
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished bind keeps its job description and last epoch's state: `.NAME.partial`."""
+    return out.parent / f".{out.name}.partial"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the recipe
+
+
+def bind_encoder(
+    manifest_path: str | Path,
+    modalities: list[str],
+    anchor: str,
+    out: str | Path,
+    *,
+    model: str = "imagebind_tiny",
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
+    temperature: float = 0.07,
+    label_positives: bool = False,
+    center_anchor: bool = True,
+    val_fraction: float = 0.1,
+    workers: int = 2,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+) -> BindResult:
+    """Train the towers of `modalities` other than `anchor` to meet the frozen anchor tower; write `out`.
+
+    >>> result = bind_encoder("train.csv", ["image", "audio"], "image", "enc.safetensors", epochs=30)
+    >>> result.after["audio"]["label_r1_to_anchor"]        # held-out audio->image, top-1 of the same class
+    >>> load_encoder("imagebind_tiny", checkpoint="enc.safetensors").embed("audio", x)   # [B, 256]
+    """
+    started = time.time()
+    out = Path(out)
+    anchor = ALIASES.get(anchor.strip().lower(), anchor.strip().lower())
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "temperature": temperature,
+        "label_positives": label_positives,
+        "center_anchor": center_anchor,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    _check_request(modalities, anchor, out, overwrite, settings)
+    bound = [m for m in modalities if m != anchor]
+    state = process_state(device)
+    manifest = read_manifest(manifest_path, modalities, require_label=False)
+    if label_positives and not manifest.class_names:
+        raise IbdcError(f"--label-positives needs a 'label' column; {manifest.path} has none")
+    has = _check_rows(manifest, modalities, anchor)
+    train_rows, val_rows = split_rows(len(manifest.rows), val_fraction, seed)
+    for m in bound:
+        if sum(has[m][r] for r in train_rows) < 2:
+            raise IbdcError(f"{manifest.path}: fewer than 2 training rows have a {m!r} cell; nothing to bind")
+    encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    if state.num_processes > 1:
+        log(f"bind runs on the main process; processes 1..{state.num_processes - 1} have nothing to do", state)
+        if not state.is_main_process:
+            return BindResult(out=out, encoder=None)
+    torch_device = resolve_device(state, device)
+    encoder.to(torch_device)
+
+    job = {
+        "preset": model,
+        "start": encoder.describe()["weights"],
+        "modalities": modalities,
+        "anchor": anchor,
+        "manifest_sha256": manifest.sha256,
+        **settings,
+    }
+    work = partial_dir(out)
+    resuming = _prepare_work_dir(work, job, resume)
+    try:
+        data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
+    except IbdcError:
+        if not (work / "state.safetensors").exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if resuming:
+        log(f"resuming the unfinished bind in {work}")
+
+    # Anchor centring (step 3 of the module docstring). The centre is added to any centre the starting
+    # checkpoint already had, so that forward_raw - center stays the space trained here.
+    raw = data["anchor_raw"]
+    mean = raw[train_rows].mean(0) if center_anchor else torch.zeros(raw.shape[1])
+    if center_anchor:
+        previous = encoder.centers.get(anchor)
+        encoder.centers[anchor] = (mean if previous is None else previous.cpu() + mean).to(torch_device)
+    anchor_embeddings = F.normalize(raw - mean, dim=-1)  # [N, D]
+    anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
+    anisotropy["centred"] = mean_cosine(anchor_embeddings[train_rows])
+    log(
+        f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
+        f"{anisotropy['centred']:.3f} {'centred' if center_anchor else '(not centred)'}"
+    )
+    labels = torch.tensor(manifest.labels, dtype=torch.int64)
+
+    def evaluate() -> dict[str, dict[str, float]]:
+        return {m: held_out_metrics(encoder, m, data, anchor_embeddings, labels, val_rows, batch_size) for m in bound}
+
+    trained = train_towers(
+        encoder,
+        bound,
+        data,
+        anchor_embeddings,
+        labels if label_positives else None,
+        train_rows,
+        settings,
+        work,
+        resuming,
+        evaluate,
+        torch_device,
+        started,
+    )
+    after = evaluate()
+    encoder.model.eval()
+
+    metadata = {
+        "format": BOUND_FORMAT,
+        "format_version": BOUND_VERSION,
+        "ibdc_version": __version__,
+        "preset": model,
+        "modalities": modalities,
+        "anchor": anchor,
+        "bound": bound,
+        "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
+        "centred": center_anchor,
+        "centers": sorted(encoder.centers),
+        "anchor_mean_cosine": anisotropy,
+        "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
+        "settings": {**settings, "workers": workers, "device": str(torch_device)},
+        "rows": {"train": len(train_rows), "held_out": len(val_rows)},
+        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+        "class_names": manifest.class_names,
+        "preprocessing": {m: PREPROCESSING[m] for m in modalities},
+        "metrics": {"before": trained["before"], "after": after},
+        "loss_history": trained["history"],
+        "wall_time_s": round(trained["earlier_seconds"] + time.time() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_checkpoint(out, encoder, metadata)
+    shutil.rmtree(work, ignore_errors=True)
+    encoder.checkpoint = file_sha256(out)
+    return BindResult(out=out, encoder=encoder, metadata=metadata)
+
+
+def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: bool, settings: dict) -> None:
+    if len(modalities) < 2:
+        raise IbdcError(
+            f"--modalities {','.join(modalities)}: bind needs the anchor and at least one other modality, "
+            "e.g. --modalities image,audio --anchor image"
+        )
+    if anchor not in modalities:
+        raise IbdcError(f"--anchor {anchor} is not among --modalities {','.join(modalities)}")
+    if out.suffix != ".safetensors":
+        raise IbdcError(f"--out {out}: a bound encoder is written as a .safetensors file")
+    if out.exists() and not overwrite:
+        raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
+    if settings["epochs"] < 1 or settings["batch_size"] < 2:
+        raise IbdcError("--epochs must be at least 1 and --batch-size at least 2 (InfoNCE needs negatives)")
+    if settings["lr"] <= 0 or settings["temperature"] <= 0:
+        raise IbdcError("--lr and --temperature must be positive")
+    if settings["weight_decay"] < 0 or settings["warmup_epochs"] < 0:
+        raise IbdcError("--weight-decay and --warmup-epochs must not be negative")
+    if not 0 <= settings["val_fraction"] < 1:
+        raise IbdcError(f"--val-fraction must be in [0, 1), not {settings['val_fraction']}")
+
+
+def _check_rows(manifest: Manifest, modalities: list[str], anchor: str) -> dict[str, list[bool]]:
+    """Which rows have each modality (`{m: [N] bool}`), checked without decoding anything.
+
+    Every row needs the anchor: it is what the row binds to. Other cells may be empty (ImageBind binds
+    each modality on its own pairs with images), and such a row simply does not train that tower.
+    """
+    has = {m: [] for m in modalities}
+    for row, cells in enumerate(manifest.rows):
+        if not cells.get(anchor):
+            raise IbdcError(f"{manifest.path}: row {row} has an empty {anchor!r} cell; every row needs the anchor")
+        for m in modalities:
+            present = bool(cells.get(m))
+            has[m].append(present)
+            if not present:
+                continue
+            try:
+                value = check_cell(manifest, row, m)
+                path = Path(value) if Path(value).is_absolute() else manifest.base_dir / value
+                if m != "text" and not path.is_file():
+                    raise MediaError(f"row {row}: {m} file not found: {path}")
+            except MediaError as exc:
+                raise IbdcError(f"{manifest.path}: {exc}") from None
+    return has
+
+
+def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of rows 0..n-1 into (training rows, held-out rows), each sorted."""
+    n_val = round(n * val_fraction)
+    if val_fraction > 0:
+        n_val = max(n_val, 2)  # retrieval over one row would always succeed
+    if n - n_val < 2:
+        raise IbdcError(f"{n} rows leave fewer than 2 training rows with --val-fraction {val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _prepare_work_dir(work: Path, job: dict, resume: bool) -> bool:
+    """Start a fresh `.OUT.partial/` (returns False) or, with --resume, check and keep the old one (True)."""
+    job_file = work / "job.json"
+    if resume and (work / "state.safetensors").exists() and job_file.exists():
+        previous = json.loads(job_file.read_text())
+        current = json.loads(json.dumps(job))
+        changed = [k for k in current if previous.get(k) != current[k]]
+        if changed:
+            raise IbdcError(
+                f"--resume: the unfinished bind at {work} was started with other settings "
+                f"({', '.join(changed)} differ); drop --resume to start over"
+            )
+        return True
+    if resume:
+        log(f"--resume: no unfinished bind at {work}; starting from the beginning")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(job_file, job)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# data: every row decoded once; the anchor tower run once
+
+
+class _RowCells(Dataset):
+    """Model inputs `{modality: tensor}` of a row's non-empty cells, or the error message of a bad file."""
+
+    def __init__(self, manifest: Manifest, modalities: list[str]):
+        self.manifest, self.modalities = manifest, modalities
+
+    def __len__(self) -> int:
+        return len(self.manifest.rows)
+
+    def __getitem__(self, row: int) -> tuple[int, dict[str, torch.Tensor] | str]:
+        cells = self.manifest.rows[row]
+        try:
+            return row, {m: load(m, cells[m], self.manifest.base_dir) for m in self.modalities if cells.get(m)}
+        except MediaError as exc:
+            return row, str(exc)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def load_rows(
+    encoder: Encoder,
+    manifest: Manifest,
+    modalities: list[str],
+    anchor: str,
+    has: dict[str, list[bool]],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Decode every row once (DataLoader workers) and run the frozen anchor tower over it.
+
+    Returns `anchor_raw` `[N, D]` (the anchor's raw outputs, on the CPU) and, per other modality m,
+    `inputs.m` `[N_m, *input shape]` (model inputs of the rows that have m, in row order) and `slot.m`
+    `[N]` int64 (row -> index into `inputs.m`, -1 where the row has no m cell).
+    """
+    loader = DataLoader(
+        _RowCells(manifest, modalities),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_as_list,
+        worker_init_fn=_one_thread if workers else None,
+    )
+    bound = [m for m in modalities if m != anchor]
+    anchor_raw: list[torch.Tensor] = []
+    inputs: dict[str, list[torch.Tensor]] = {m: [] for m in bound}
+    encoder.model.eval()
+    with progress_bar(f"decode rows, embed {anchor}", len(manifest.rows)) as advance:
+        for items in loader:
+            for row, value in items:
+                if isinstance(value, str):
+                    raise IbdcError(f"{manifest.path}: row {row}: {value.removeprefix(f'row {row}: ')}")
+            x = torch.stack([cells[anchor] for _, cells in items]).to(device)
+            # no_grad, not inference_mode: these tensors later meet trainable ones in autograd
+            with torch.no_grad():
+                anchor_raw.append(encoder.forward_raw(anchor, x).float().cpu())
+            for m in bound:
+                inputs[m].extend(cells[m] for _, cells in items if m in cells)
+            advance(len(items))
+    data: dict[str, Any] = {"anchor_raw": torch.cat(anchor_raw)}
+    for m in bound:
+        present = torch.tensor(has[m])
+        slot = torch.full((len(present),), -1, dtype=torch.int64)
+        slot[present] = torch.arange(int(present.sum()))
+        data[f"inputs.{m}"] = torch.stack(inputs[m])
+        data[f"slot.{m}"] = slot
+    return data
+
+
+def rows_of(data: dict[str, Any], modality: str, rows: torch.Tensor) -> torch.Tensor:
+    """The subset of `rows` `[B]` that have a `modality` cell."""
+    return rows[data[f"slot.{modality}"][rows] >= 0]
+
+
+def inputs_of(data: dict[str, Any], modality: str, rows: torch.Tensor) -> torch.Tensor:
+    """Model inputs `[B, *input shape]` of `rows` (all of which have a `modality` cell)."""
+    return data[f"inputs.{modality}"][data[f"slot.{modality}"][rows]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# training
+
+
+def trainable_parameters(model: torch.nn.Module, modalities: list[str]) -> dict[str, torch.nn.Parameter]:
+    """Unfreeze the towers of `modalities` (everything else stays frozen) and return their parameters."""
+    model.requires_grad_(False)
+    for m in modalities:
+        for part in TOWER_PARTS:
+            getattr(model, part)[MODALITY_KEYS[m]].requires_grad_(True)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(params: dict[str, torch.nn.Parameter], lr: float, weight_decay: float):
+    """AdamW; as in CLIP/ViT training, no weight decay on biases, norms, position embeddings, class tokens.
+
+    Returns the optimiser and the parameter names in the optimiser's own order (its state-dict indices).
+    """
+    no_decay = [n for n, p in params.items() if p.ndim < 2 or "pos_embed" in n or "cls_token" in n]
+    decay = [n for n in params if n not in no_decay]
+    groups = [
+        {"params": [params[n] for n in decay], "weight_decay": weight_decay},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr), decay + no_decay
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up from 0 to `peak` over `warmup` steps, then cosine decay to 0 at step `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between unit vectors `x` `[B, D]` and `y` `[B, D]` whose rows are pairs (CLIP's loss).
+
+    Positives of row i are row i of the other side; with `labels` `[B]`, every row of the same label
+    (SupCon's L_out: the mean log-likelihood over the positives), for data whose pairs are only
+    meaningful up to class, such as av-digits (a digit image paired with any speaker's spoken digit).
+    """
+    logits = x @ y.T / temperature  # [B, B]
+    if labels is None:
+        positive = torch.eye(len(x), dtype=torch.bool, device=x.device)
+    else:
+        positive = labels[:, None] == labels[None, :]
+    weights = positive.float()
+    x_to_y = -(weights * logits.log_softmax(dim=1)).sum(1) / weights.sum(1)
+    y_to_x = -(weights.T * logits.T.log_softmax(dim=1)).sum(1) / weights.sum(0)
+    return (x_to_y.mean() + y_to_x.mean()) / 2
+
+
+def bind_loss(
+    encoder: Encoder,
+    bound: list[str],
+    data: dict[str, Any],
+    anchor_embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    rows: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`."""
+    device = encoder.device
+    total = torch.zeros((), device=device)
+    for m in bound:
+        present = rows_of(data, m, rows)
+        if len(present) < 2:  # a single pair has no negatives
+            continue
+        z = encoder.embed(m, inputs_of(data, m, present).to(device))
+        a = anchor_embeddings[present].to(device)
+        total = total + info_nce(z, a, temperature, None if labels is None else labels[present].to(device))
+    return total
+
+
+def train_towers(
+    encoder: Encoder,
+    bound: list[str],
+    data: dict[str, Any],
+    anchor_embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    train_rows: list[int],
+    settings: dict[str, Any],
+    work: Path,
+    resuming: bool,
+    evaluate,
+    device: torch.device,
+    started: float,
+) -> dict[str, Any]:
+    """The training loop; returns `before` (held-out metrics of the starting towers), the per-epoch mean
+    loss `history` and `earlier_seconds`, the wall time of the interrupted runs this one resumes.
+
+    Steps per epoch = training rows (with a bound cell) // batch size: each epoch is a fresh shuffle, and
+    the incomplete last batch is dropped, as in CLIP training, so that every step has as many negatives.
+    """
+    model = encoder.model
+    params = trainable_parameters(model, bound)
+    optimizer, order = make_optimizer(params, settings["lr"], settings["weight_decay"])
+    has_any = torch.stack([data[f"slot.{m}"] >= 0 for m in bound]).any(0)
+    rows = torch.tensor([r for r in train_rows if has_any[r]], dtype=torch.int64)
+    batch_size = min(settings["batch_size"], len(rows))
+    steps_per_epoch = len(rows) // batch_size
+    total_steps = settings["epochs"] * steps_per_epoch
+    warmup = min(total_steps, round(settings["warmup_epochs"] * steps_per_epoch))
+    shuffle = torch.Generator().manual_seed(settings["seed"])
+
+    # Drop path and dropout (the huge preset's audio tower) draw from torch's global stream: seed it
+    # for this run only, and keep it in the checkpoint so that a resumed run draws the same numbers.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings["seed"])
+        state_file = work / "state.safetensors"
+        if resuming:
+            start, history, before, earlier = load_state(state_file, params, optimizer, order, shuffle, device)
+        else:
+            start, history, before, earlier = 0, [], evaluate(), 0.0
+        todo = (settings["epochs"] - start) * steps_per_epoch
+        with progress_bar(f"bind {','.join(bound)}", todo, fields="loss {task.fields[loss]}") as advance:
+            for epoch in range(start, settings["epochs"]):
+                model.train()
+                order_rows = rows[torch.randperm(len(rows), generator=shuffle)]
+                losses = []
+                for k in range(steps_per_epoch):
+                    step = epoch * steps_per_epoch + k
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate(step, total_steps, warmup, settings["lr"])
+                    batch = order_rows[k * batch_size : (k + 1) * batch_size]
+                    loss = bind_loss(encoder, bound, data, anchor_embeddings, labels, batch, settings["temperature"])
+                    optimizer.zero_grad(set_to_none=True)
+                    if loss.requires_grad:
+                        loss.backward()
+                        optimizer.step()
+                    losses.append(float(loss.detach()))
+                    advance(1, loss=f"{losses[-1]:.4f}")
+                history.append(round(sum(losses) / len(losses), 6))
+                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}")
+                elapsed = earlier + time.time() - started
+                save_state(state_file, params, optimizer, order, shuffle, epoch + 1, history, before, elapsed, device)
+        model.eval()
+        model.requires_grad_(False)
+    return {"before": before, "history": history, "earlier_seconds": earlier}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the per-epoch state in .OUT.partial/: safetensors only (trainable parameters, AdamW state, RNG states)
+
+
+def save_state(path, params, optimizer, order, shuffle, epoch, history, before, seconds, device) -> None:
+    tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
+    for i, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"adamw.{order[i]}.{key}"] = torch.as_tensor(value).detach().cpu()
+    tensors["rng.shuffle"] = shuffle.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    metadata = {
+        "epoch": str(epoch),
+        "history": json.dumps(history),
+        "before": json.dumps(before),
+        "seconds": str(seconds),
+    }
+    atomic_save_tensors(path, tensors, metadata=metadata)
+
+
+def load_state(path, params, optimizer, order, shuffle, device) -> tuple[int, list[float], dict, float]:
+    tensors, metadata = read_tensors(path, "bind checkpoint")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param.{n}"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for i, n in enumerate(order):
+        prefix = f"adamw.{n}."
+        entries = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if entries:
+            state[i] = entries
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    shuffle.set_state(tensors["rng.shuffle"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    epoch = int(metadata["epoch"])
+    return epoch, json.loads(metadata["history"]), json.loads(metadata["before"]), float(metadata["seconds"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# held-out metrics
+
+
+def mean_cosine(x: torch.Tensor) -> float:
+    """Mean cosine between distinct rows of unit vectors `x` `[N, D]` (1 = all one direction)."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    total = x.sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+@torch.no_grad()
+def held_out_metrics(
+    encoder: Encoder,
+    modality: str,
+    data: dict[str, Any],
+    anchor_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    val_rows: list[int],
+    batch_size: int,
+) -> dict[str, float]:
+    """Cross-modal retrieval between `modality` and the anchor on the held-out rows that have both.
+
+    `r1_to_anchor`: share of rows whose nearest anchor embedding is their own pair (chance 1/rows);
+    `r1_from_anchor` the other way; `label_r1_*`: the nearest one has the row's label; `cos_same_class` /
+    `cos_other_class`: mean cosine between a row's embedding and the anchor embeddings of rows with the
+    same / another label. Label metrics need labels.
+    """
+    rows = rows_of(data, modality, torch.tensor(val_rows, dtype=torch.int64))
+    if len(rows) < 2:
+        return {"rows": len(rows)}
+    encoder.model.eval()
+    z = torch.cat(
+        [
+            encoder.embed(modality, inputs_of(data, modality, chunk).to(encoder.device)).cpu()
+            for chunk in rows.split(batch_size)
+        ]
+    )
+    a = anchor_embeddings[rows]
+    similarity = z @ a.T  # [n, n]: bound row i vs anchor row j
+    own = torch.arange(len(rows))
+    to_anchor, from_anchor = similarity.argmax(1), similarity.argmax(0)
+    metrics = {
+        "rows": len(rows),
+        "chance_r1": 1 / len(rows),
+        "r1_to_anchor": float((to_anchor == own).float().mean()),
+        "r1_from_anchor": float((from_anchor == own).float().mean()),
+    }
+    y = labels[rows]
+    if bool((y >= 0).all()):
+        same = y[:, None] == y[None, :]
+        metrics["label_r1_to_anchor"] = float((y[to_anchor] == y).float().mean())
+        metrics["label_r1_from_anchor"] = float((y[from_anchor] == y).float().mean())
+        metrics["cos_same_class"] = float(similarity[same].mean())
+        metrics["cos_other_class"] = float(similarity[~same].mean()) if bool((~same).any()) else float("nan")
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the output file
+
+
+def write_checkpoint(out: Path, encoder: Encoder, metadata: dict[str, Any]) -> None:
+    """The full state dict (every modality, so `load_encoder` finds every key) plus `ibdc.center.<m>`
+    tensors, with `metadata` as JSON under "ibdc" (its "preset" is what `load_encoder` checks)."""
+    # clone: safetensors refuses tensors that share memory
+    tensors = {k: v.detach().cpu().clone() for k, v in encoder.model.state_dict().items()}
+    tensors.update({CENTER_PREFIX + m: c.detach().cpu().clone() for m, c in encoder.centers.items()})
+    atomic_save_tensors(out, tensors, metadata={"ibdc": json.dumps(metadata)})
+
+
+METRIC_LINES = (
+    ("r1_to_anchor", "{m}->{a} R@1", "%"),
+    ("r1_from_anchor", "{a}->{m} R@1", "%"),
+    ("label_r1_to_anchor", "{m}->{a} same-label R@1", "%"),
+    ("label_r1_from_anchor", "{a}->{m} same-label R@1", "%"),
+    ("cos_same_class", "cosine, same class", ""),
+    ("cos_other_class", "cosine, other classes", ""),
+)
+
+
+def format_report(result: BindResult) -> str:
+    """The before/after table that `ibdc bind` prints."""
+    meta = result.metadata
+    rows = meta["rows"]
+    lines = [
+        f"bound {','.join(meta['bound'])} to {meta['anchor']} ({meta['preset']}, {meta['settings']['epochs']} "
+        f"epochs, {rows['train']} training rows, {rows['held_out']} held out, {meta['wall_time_s']:.0f} s)"
+    ]
+    for m in meta["bound"]:
+        before, after = result.before.get(m, {}), result.after.get(m, {})
+        if "r1_to_anchor" not in after:
+            lines.append(f"  {m}: too few held-out rows for metrics (--val-fraction)")
+            continue
+        lines.append(
+            f"  held-out {m} ({after['rows']} rows, chance R@1 {100 * after['chance_r1']:.1f} %)  before    after"
+        )
+        for key, label, unit in METRIC_LINES:
+            if key not in after:
+                continue
+            name = label.format(m=m, a=meta["anchor"])
+            scale = 100 if unit else 1
+            fmt = "{:>7.1f} %" if unit else "{:>9.3f}"
+            lines.append(f"    {name:<38}{fmt.format(scale * before[key])}{fmt.format(scale * after[key])}")
+    lines.append(f"wrote {result.out}")
+    return "\n".join(lines)

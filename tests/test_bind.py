@@ -1,0 +1,226 @@
+"""`ibdc bind`: the checkpoint reproduces the trained encoder everywhere, the anchor stays frozen, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_image, write_manifest, write_wav
+from safetensors.torch import save_file
+
+from ibdc_cli import bind as bind_module
+from ibdc_cli.bind import bind_encoder, info_nce, partial_dir
+from ibdc_cli.data.manifest import read_manifest
+from ibdc_cli.data.preprocess import load
+from ibdc_cli.encoders.imagebind import build_model, load_encoder
+from ibdc_cli.store import open_store, read_tensors
+
+FAST = ["--epochs", "2", "--batch-size", "3", "--workers", "0", "--val-fraction", "0.25", "--device", "cpu"]
+
+
+def _pairs(directory: Path, rows: int = 8, empty: dict[int, str] | None = None) -> Path:
+    """`rows` rows of image + audio + text in two classes; `empty` blanks cells {row: column}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        label = ["low", "high"][i % 2]
+        record = {
+            "image": write_image(directory / f"img{i}.png", size=(20 + 2 * i, 24), seed=i).name,
+            "audio": write_wav(directory / f"snd{i}.wav", 0.3, freq=(220.0, 880.0)[i % 2] + 10 * i).name,
+            "text": f"a {label} tone number {i}",
+            "label": label,
+        }
+        for row, column in (empty or {}).items():
+            if row == i:
+                record[column] = ""
+        records.append(record)
+    return write_manifest(directory / "pairs.csv", records)
+
+
+@pytest.fixture(scope="module")
+def bound(tmp_path_factory):
+    """One bind of audio to image (2 epochs), kept in memory: the result and the manifest."""
+    directory = tmp_path_factory.mktemp("bind")
+    manifest = _pairs(directory)
+    result = bind_encoder(
+        manifest,
+        ["image", "audio"],
+        "image",
+        directory / "enc.safetensors",
+        epochs=2,
+        batch_size=3,
+        workers=0,
+        val_fraction=0.25,
+        device="cpu",
+    )
+    return result, manifest
+
+
+def _inputs(manifest: Path, modality: str) -> torch.Tensor:
+    m = read_manifest(manifest, [modality], require_label=False)
+    return torch.stack([load(modality, row[modality], m.base_dir) for row in m.rows])
+
+
+def test_checkpoint_reproduces_the_trained_encoder(bound):
+    result, manifest = bound
+    loaded = load_encoder("imagebind_tiny", checkpoint=result.out)
+    assert loaded.describe() == result.encoder.describe()
+    assert set(loaded.centers) == {"image"}
+    with torch.no_grad():
+        for modality in ("image", "audio"):
+            x = _inputs(manifest, modality)
+            assert torch.equal(loaded.embed(modality, x), result.encoder.embed(modality, x)), modality
+    # The centre is the mean raw anchor output over the training rows: centred embeddings spread out.
+    raw = torch.nn.functional.normalize(build_model("imagebind_tiny")({"vision": _inputs(manifest, "image")})["vision"])
+    assert (raw @ raw.T).mean() > 0.9
+    _, metadata = read_tensors(result.out)
+    info = json.loads(metadata["ibdc"])
+    assert info["preset"] == "imagebind_tiny" and info["anchor"] == "image" and info["bound"] == ["audio"]
+    assert info["centred"] and info["settings"]["temperature"] == 0.07 and info["ibdc_version"]
+    assert info["manifest"]["sha256"] == read_manifest(manifest, ["image"]).sha256
+    assert set(info["metrics"]["before"]["audio"]) >= {"r1_to_anchor", "r1_from_anchor", "cos_same_class"}
+    assert len(info["loss_history"]) == 2 and info["rows"] == {"train": 6, "held_out": 2}
+
+
+def test_embed_with_the_bound_checkpoint_gives_the_trained_embeddings(bound, tmp_path, cli):
+    result, manifest = bound
+    store = tmp_path / "store"
+    args = ["--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    done = cli("embed", manifest, "-m", "image,audio", "--checkpoint", result.out, "--out", store, *args)
+    assert done.code == 0, done
+    data = open_store(store).load()
+    with torch.no_grad():
+        for modality in ("image", "audio"):
+            assert torch.equal(data[modality], result.encoder.embed(modality, _inputs(manifest, modality))), modality
+    assert open_store(store).encoder["weights"] == result.encoder.checkpoint
+
+
+def test_anchor_tower_is_unchanged_and_the_bound_tower_trained(bound):
+    result, _ = bound
+    start = build_model("imagebind_tiny", seed=0).state_dict()
+    state, _ = read_tensors(result.out)
+    for name, value in start.items():
+        if ".vision" in name or ".text" in name or ".depth" in name or "postprocessors" in name:
+            assert torch.equal(state[name], value), name
+    for part in ("modality_preprocessors.audio.", "modality_trunks.audio.", "modality_heads.audio."):
+        assert any(not torch.equal(state[n], v) for n, v in start.items() if n.startswith(part)), part
+
+
+def test_cli_prints_before_after_table_and_json(tmp_path, cli):
+    manifest = _pairs(tmp_path / "data", empty={3: "text"})
+    out = tmp_path / "enc.safetensors"
+    done = cli("bind", manifest, "-m", "image,text", "--anchor", "vision", "--out", out, *FAST, "--val-fraction", "0.5")
+    assert done.code == 0, done
+    assert "text->image R@1" in done.out and "before" in done.out and f"wrote {out}" in done.out
+    again = cli(
+        "bind",
+        manifest,
+        "-m",
+        "image,text",
+        "--out",
+        out,
+        *FAST,
+        "--label-positives",
+        "--overwrite",
+        "--json",
+        "--epochs",
+        "1",
+    )
+    assert again.code == 0, again
+    summary = json.loads(again.out)
+    assert summary["bound"] == ["text"] and summary["settings"]["label_positives"] is True
+    assert summary["metrics"]["after"]["text"]["rows"] >= 1
+    assert not partial_dir(out).exists()
+
+
+def test_resume_after_interruption_gives_the_same_checkpoint(tmp_path, cli, monkeypatch):
+    manifest = _pairs(tmp_path / "data")
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    assert cli("bind", manifest, "-m", "image,audio", "--out", whole, *FAST).code == 0
+
+    original = bind_module.save_state
+
+    def save_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bind_module, "save_state", save_then_interrupt)
+    stopped = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *FAST)
+    assert stopped.code == 130 and "--resume" in stopped.err
+    assert not resumed.exists() and (partial_dir(resumed) / "state.safetensors").exists()
+    monkeypatch.setattr(bind_module, "save_state", original)
+    done = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *FAST, "--resume")
+    assert done.code == 0, done
+    a, meta_a = read_tensors(whole)
+    b, meta_b = read_tensors(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    info_a, info_b = json.loads(meta_a["ibdc"]), json.loads(meta_b["ibdc"])
+    assert info_a["loss_history"] == info_b["loss_history"] and info_a["metrics"] == info_b["metrics"]
+    assert not partial_dir(resumed).exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, cli, monkeypatch):
+    manifest = _pairs(tmp_path / "data")
+    out = tmp_path / "enc.safetensors"
+
+    def interrupt(*args, **kwargs):
+        bind_module.atomic_save_tensors(args[0], {"x": torch.zeros(1)})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bind_module, "save_state", interrupt)
+    assert cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST).code == 130
+    refused = cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST, "--lr", "0.01", "--resume")
+    assert refused.code == 2 and "lr" in refused.err
+
+
+def _foreign_checkpoint(path: Path) -> Path:
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"ibdc": json.dumps({"preset": "imagebind_huge"})})
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("one-modality", "at least one other modality"),
+        ("anchor-not-listed", "--anchor text is not among"),
+        ("row-without-anchor", "row 2 has an empty 'image' cell"),
+        ("checkpoint-of-another-preset", "made for preset 'imagebind_huge'"),
+        ("existing-out", "exists; choose another --out or pass --overwrite"),
+        ("label-positives-without-labels", "needs a 'label' column"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
+    manifest = _pairs(tmp_path / "data", empty={2: "image"} if case == "row-without-anchor" else None)
+    out = tmp_path / "enc.safetensors"
+    args = ["-m", "image,audio", "--out", out, *FAST]
+    if case == "one-modality":
+        args[1] = "image"
+    elif case == "anchor-not-listed":
+        args += ["--anchor", "text"]
+    elif case == "checkpoint-of-another-preset":
+        args += ["--checkpoint", _foreign_checkpoint(tmp_path / "huge.safetensors")]
+    elif case == "existing-out":
+        out.write_bytes(b"keep me")
+    elif case == "label-positives-without-labels":
+        text = manifest.read_text().splitlines()
+        unlabeled = [",".join(line.split(",")[:-1]) for line in text]
+        manifest.write_text("\n".join(unlabeled) + "\n")
+        args.append("--label-positives")
+    result = cli("bind", manifest, *args)
+    assert result.code == 2, result
+    assert expected in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert not partial_dir(out).exists()
+    assert (out.read_bytes() == b"keep me") if case == "existing-out" else not out.exists()
+
+
+def test_info_nce_label_positives():
+    x = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    # Same-label rows as positives: swapping rows within a class leaves the loss unchanged.
+    swapped = x[[1, 0, 3, 2, 5, 4]]
+    assert torch.allclose(info_nce(x, swapped, 0.1, labels), info_nce(x, x, 0.1, labels))
+    assert info_nce(x, x, 0.1) < info_nce(x, swapped, 0.1)

@@ -3,29 +3,35 @@
 What it measures, in one run (read the ratios, not the absolute seconds: the CPU is shared):
 
 1. **scaling** (embedding space): one class of `n` paired real rows (random unit vectors, modalities
-   audio + image, `--dim` D, default 1024), DPC `--dpc` synthetic rows, the ImageBindDC loss
-   (`losses.imagebinddc_loss`: uni CFD at `--num-freqs` K frequencies + cross "paper" + joint "paper", the
-   computation `condense._step` does), backward and an Adam step. Modes:
+   audio + image, `--dim` D, default 1024) for each n in `--rows`, DPC `--dpc` synthetic rows, the
+   ImageBindDC loss (`losses.imagebinddc_loss`: uni CFD at `--num-freqs` K frequencies + cross "paper" +
+   joint "paper", what `condense._step` computes), backward and an Adam step. Modes:
    - `all`: every real row in every step, frequencies redrawn every step (`--real-batch 0`);
    - `batch256`: 256 random real rows per step, frequencies redrawn (`--real-batch 256`, the default);
    - `bank8`: `--freq-bank 8` as `condense.py` runs it: 8 fixed frequency draws whose real-side CFs over
-     all n rows are computed once (`losses.modality_cfs`, reported as "precompute"), passed as `real_cf=`;
-     the cross/joint terms still see all n real rows, as in `condense._imagebinddc_terms`;
-   - `bank8+batch256`: the same bank, but the cross/joint terms see 256 random real rows per step (not what
-     `condense.py` does today: it shows what that change would buy).
-   Each (n, mode) runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own.
-2. **accuracy** on av-digits (the demo stores, `ibdc_cli.demo.ensure_demo_stores`, imagebind_tiny): `condense`
-   with audio + image, DPC 10, default iterations and frequencies, with the real side unbounded
-   (`real_batch=0`), bounded (`real_batch=64`: classes have ~144 rows, so the default 256 would take them
-   all) and through a frequency bank (`freq_bank=8`); then `evaluate` (linear protocol, `--eval-seeds`
-   seeds): mean ± std top-1 accuracy, its ratio to the unbounded run, and each condensation's wall time.
-3. **input space** (imagebind_tiny, image + audio, random inputs of `INPUT_SHAPES`): one step of optimising
-   DPC synthetic inputs through the frozen encoder with the ImageBindDC loss against `--real-rows` real rows,
-   (a) `cached`: the real embeddings computed once (what `ibdc condense --space input` does), or
+     all n rows are computed once (`losses.modality_cfs`, timed apart as "precompute") and passed as
+     `real_cf=`; the cross/joint terms still see all n real rows, as in `condense._imagebinddc_terms`;
+   - `bank8+batch256`: the same bank, with the cross/joint terms on 256 random real rows per step (NOT
+     what `condense.py` does today: it shows what that change would buy).
+   Each mode runs in a fresh process holding the data of every n; its steps are interleaved round-robin
+   over n (one step at each n, then again), so the machine's load hits every n alike and the ratios
+   across n stay fair on a shared CPU. Peak RSS (`ru_maxrss`) is read after each n's warm-up, in
+   ascending n: the peak of that process so far (all n's data + the largest transient up to that n).
+2. **accuracy** on av-digits (the demo stores, `ibdc_cli.demo.ensure_demo_stores`, imagebind_tiny):
+   `condense` with audio + image, DPC 10, CondenseConfig's iterations and frequencies unless
+   `--iterations`/`--accuracy-num-freqs` say otherwise, with the real side unbounded (`real_batch=0`),
+   bounded (`real_batch=64`: classes have ~144 rows, so the default 256 would take them all) and through a
+   frequency bank (`freq_bank=8`); then `evaluate` (linear protocol, `--eval-seeds` seeds): mean ± std
+   top-1 accuracy, its ratio to the unbounded run, and each condensation's wall time.
+3. **input space** (imagebind_tiny, image + audio, random inputs of `INPUT_SHAPES`): a step of optimising
+   DPC synthetic inputs through the frozen encoder with the ImageBindDC loss against `--real-rows` real
+   rows, (a) `cached`: real embeddings computed once (what `ibdc condense --space input` does), or
    (b) `recompute`: the real inputs re-embedded under `torch.no_grad` every step (the authors' code).
+   The two are interleaved step by step.
 
-Torch's intra-op threads are set to `--threads` (default 2) in every process. Steps are timed after warm-up
-steps; a mode stops timing once `--max-seconds` of timed steps have passed (at least one step counts).
+Torch's intra-op threads are `--threads` (default 2) in every process. Every setting runs warm-up steps,
+then up to `--steps` timed steps, and stops timing once `--max-seconds` of timed steps are spent (at least
+one step counts).
 
 Run from the repository root (the first run builds the demo stores, about 1-2 min, cached afterwards):
 
@@ -82,23 +88,40 @@ class Timing:
         return statistics.median(self.steps)
 
 
-def time_steps(step: Callable[[], object], *, warmup: int, steps: int, max_seconds: float) -> Timing:
-    """Run `warmup` untimed then up to `steps` timed calls of `step`, stopping once `max_seconds` are spent.
+def time_interleaved(
+    steps: dict[object, Callable[[], object]],
+    *,
+    warmup: int,
+    count: int,
+    max_seconds: float,
+    after_warmup: Callable[[object], None] = lambda key: None,
+) -> dict[object, Timing]:
+    """Time several step functions fairly on a noisy machine: warm each up, then round-robin.
 
-    A warm-up step that alone takes longer than `max_seconds / steps` ends the warm-up early: such a step
-    is slow enough that one-off costs no longer matter.
+    Each key gets `warmup` untimed calls (fewer when one alone takes longer than `max_seconds / count`:
+    one-off costs no longer matter then) and `after_warmup(key)`; then rounds of one timed call per key,
+    until a key has `count` timed calls or has spent `max_seconds` (it always gets at least one).
     """
-    for _ in range(warmup):
-        started = time.perf_counter()
-        step()
-        if time.perf_counter() - started > max_seconds / max(steps, 1):
-            break
-    timing = Timing()
-    while len(timing.steps) < steps and (not timing.steps or sum(timing.steps) < max_seconds):
-        started = time.perf_counter()
-        step()
-        timing.steps.append(time.perf_counter() - started)
-    return timing
+    for key, step in steps.items():
+        for _ in range(warmup):
+            started = time.perf_counter()
+            step()
+            if time.perf_counter() - started > max_seconds / max(count, 1):
+                break
+        after_warmup(key)
+    timings = {key: Timing() for key in steps}
+
+    def wants_more(key) -> bool:
+        done = timings[key].steps
+        return not done or (len(done) < count and sum(done) < max_seconds)
+
+    while any(wants_more(key) for key in steps):
+        for key, step in steps.items():
+            if wants_more(key):
+                started = time.perf_counter()
+                step()
+                timings[key].steps.append(time.perf_counter() - started)
+    return timings
 
 
 def peak_rss_mib() -> float:
@@ -118,9 +141,9 @@ def cpu_pressure() -> str:
 
 @dataclass
 class ScalingSetting:
-    """One process's share of the scaling grid: `modes` at one `n` (the bank modes share one bank)."""
+    """What one process of the scaling grid measures: `modes` (one group) at every n of `rows`."""
 
-    n: int
+    rows: list[int]
     modes: list[str]
     dim: int
     num_freqs: int
@@ -184,45 +207,52 @@ def imagebinddc_step(real, params, optimizer, mode: str, setting: ScalingSetting
     return float(terms["total"].detach())
 
 
-def run_scaling_setting(setting: ScalingSetting) -> list[dict]:
-    """Time each of `setting.modes` at one n. Run in a fresh process, `ru_maxrss` is the peak of this
-    process so far: its own for the first mode, the max over the modes before for the others."""
+def run_scaling_group(setting: ScalingSetting) -> list[dict]:
+    """Time `setting.modes` at every n, steps interleaved over (mode, n); meant for a fresh process."""
     torch.set_num_threads(setting.threads)
     generator = torch.Generator().manual_seed(setting.seed)
-    real = paired_unit_vectors(setting.n, setting.dim, generator)
-    bank = precompute = None
-    results = []
-    for mode in setting.modes:
-        if mode.startswith("bank") and bank is None:
+    data = {n: paired_unit_vectors(n, setting.dim, generator) for n in sorted(setting.rows)}
+    banks, precompute = {}, {}
+    if any(mode.startswith("bank") for mode in setting.modes):
+        for n, real in data.items():
             started = time.perf_counter()
-            bank = frequency_bank(real, setting, generator)
-            precompute = time.perf_counter() - started
-        params = {m: real[m][: setting.dpc].clone().requires_grad_(True) for m in MODALITIES}
-        optimizer = torch.optim.Adam(list(params.values()), lr=0.05)
-        timing = time_steps(
-            partial(imagebinddc_step, real, params, optimizer, mode, setting, bank, generator),
-            warmup=setting.warmup,
-            steps=setting.steps,
-            max_seconds=setting.max_seconds,
-        )
+            banks[n] = frequency_bank(real, setting, generator)
+            precompute[n] = time.perf_counter() - started
+            print(f"  scaling n={n}: frequency bank of {setting.bank} in {precompute[n]:.1f} s", file=sys.stderr)
+    steps = {}
+    for mode in setting.modes:
+        for n, real in data.items():
+            params = {m: real[m][: setting.dpc].clone().requires_grad_(True) for m in MODALITIES}
+            optimizer = torch.optim.Adam(list(params.values()), lr=0.05)
+            steps[mode, n] = partial(imagebinddc_step, real, params, optimizer, mode, setting, banks.get(n), generator)
+    peak = {}
+    timings = time_interleaved(
+        steps,
+        warmup=setting.warmup,
+        count=setting.steps,
+        max_seconds=setting.max_seconds,
+        after_warmup=lambda key: peak.__setitem__(key, peak_rss_mib()),
+    )
+    results = []
+    for (mode, n), timing in timings.items():
         results.append(
             {
-                "n": setting.n,
+                "n": n,
                 "mode": mode,
                 "step_seconds": timing.steps,
                 "mean_s": timing.mean,
                 "median_s": timing.median,
-                "precompute_s": precompute if mode.startswith("bank") else None,
-                "real_data_mib": 2 * setting.n * setting.dim * 4 / MIB,
-                "peak_rss_mib": peak_rss_mib(),
+                "precompute_s": precompute.get(n) if mode.startswith("bank") else None,
+                "real_data_mib": 2 * n * setting.dim * 4 / MIB,
+                "peak_rss_mib": peak[mode, n],
             }
         )
-        print(f"  scaling n={setting.n} {mode}: {timing.mean:.4f} s/step ({len(timing.steps)} steps)", file=sys.stderr)
+        print(f"  scaling n={n} {mode}: {timing.mean:.4f} s/step ({len(timing.steps)} steps)", file=sys.stderr)
     return results
 
 
 def scaling_groups(modes: list[str]) -> list[list[str]]:
-    """Modes that run in one process: each unbanked mode alone, the bank modes together (one bank)."""
+    """Modes that share a process: each unbanked mode alone, the bank modes together (one bank per n)."""
     banked = [m for m in modes if m.startswith("bank")]
     return [[m] for m in modes if not m.startswith("bank")] + ([banked] if banked else [])
 
@@ -230,26 +260,27 @@ def scaling_groups(modes: list[str]) -> list[list[str]]:
 def measure_scaling(args: argparse.Namespace) -> dict:
     results = []
     context = multiprocessing.get_context("spawn")
-    for n in args.rows:
-        for modes in scaling_groups(args.modes):
-            setting = ScalingSetting(
-                n=n,
-                modes=modes,
-                dim=args.dim,
-                num_freqs=args.num_freqs,
-                dpc=args.dpc,
-                bank=args.bank,
-                batch=args.real_batch,
-                warmup=args.warmup,
-                steps=args.steps,
-                max_seconds=args.max_seconds,
-                threads=args.threads,
-            )
-            if args.isolate:
-                with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                    results += pool.submit(run_scaling_setting, setting).result()
-            else:
-                results += run_scaling_setting(setting)
+    for modes in scaling_groups(args.modes):
+        setting = ScalingSetting(
+            rows=args.rows,
+            modes=modes,
+            dim=args.dim,
+            num_freqs=args.num_freqs,
+            dpc=args.dpc,
+            bank=args.bank,
+            batch=args.real_batch,
+            warmup=args.warmup,
+            steps=args.steps,
+            max_seconds=args.max_seconds,
+            threads=args.threads,
+        )
+        if args.isolate:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                results += pool.submit(run_scaling_group, setting).result()
+        else:
+            results += run_scaling_group(setting)
+    order = {mode: i for i, mode in enumerate(SCALING_MODES)}
+    results.sort(key=lambda r: (r["n"], order[r["mode"]]))
     smallest, largest = min(args.rows), max(args.rows)
     base = {r["mode"]: r for r in results if r["n"] == smallest}
     for r in results:
@@ -370,31 +401,25 @@ def measure_input_space(args: argparse.Namespace) -> dict:
     embed_once = time.perf_counter() - started
     results = []
     for dpc in args.input_dpcs:
-        row = {"dpc": dpc, "real_rows": args.real_rows, "embed_real_once_s": embed_once}
+        steps = {}
         for name, real_embeddings in (("cached", cached), ("recompute", None)):
             params = {
                 m: torch.randn((dpc, *INPUT_SHAPES[m]), generator=generator).requires_grad_(True) for m in modalities
             }
             optimizer = torch.optim.Adam(list(params.values()), lr=0.01)
-            timing = time_steps(
-                partial(
-                    input_space_step,
-                    encoder,
-                    params,
-                    optimizer,
-                    real_inputs,
-                    real_embeddings,
-                    args.num_freqs,
-                    generator,
-                ),
-                warmup=args.input_warmup,
-                steps=args.input_steps,
-                max_seconds=args.max_seconds,
+            steps[name] = partial(
+                input_space_step, encoder, params, optimizer, real_inputs, real_embeddings, args.num_freqs, generator
             )
+        timings = time_interleaved(
+            steps, warmup=args.input_warmup, count=args.input_steps, max_seconds=args.max_seconds
+        )
+        row = {"dpc": dpc, "real_rows": args.real_rows, "embed_real_once_s": embed_once}
+        for name, timing in timings.items():
             row[f"{name}_s"] = timing.mean
             row[f"{name}_median_s"] = timing.median
             row[f"{name}_steps"] = timing.steps
         row["speedup"] = row["recompute_s"] / row["cached_s"]
+        row["speedup_median"] = row["recompute_median_s"] / row["cached_median_s"]
         row["target"] = INPUT_SPEEDUP_TARGETS.get(dpc)
         row["met"] = None if row["target"] is None else row["speedup"] >= row["target"]
         results.append(row)
@@ -466,12 +491,17 @@ def print_input_space(inputs: dict) -> None:
         f"\n### 3. Input space, {inputs['model']} (image+audio, {inputs['loss']}, K={inputs['num_freqs']}, "
         f"{rows} real rows)\n"
     )
-    print("| DPC | cached s/step | recompute s/step | speed-up | target | met |")
-    print("| ---: | ---: | ---: | ---: | ---: | --- |")
+    print(
+        "| DPC | steps timed | cached s/step | recompute s/step | speed-up (mean) | speed-up (median) | target | met |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in inputs["results"]:
         target = "–" if r["target"] is None else f"≥ {r['target']:.0f}×"
         met = "–" if r["met"] is None else ("yes" if r["met"] else "no")
-        print(f"| {r['dpc']} | {r['cached_s']:.3f} | {r['recompute_s']:.3f} | {r['speedup']:.1f}× | {target} | {met} |")
+        print(
+            f"| {r['dpc']} | {len(r['cached_steps'])}/{len(r['recompute_steps'])} | {r['cached_s']:.3f} "
+            f"| {r['recompute_s']:.3f} | {r['speedup']:.1f}× | {r['speedup_median']:.1f}× | {target} | {met} |"
+        )
     print(f"\nEmbedding the {rows} real rows once (both modalities): {inputs['results'][0]['embed_real_once_s']:.3f} s")
 
 
@@ -491,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save", type=Path, default=None, help="also write the JSON results to this file")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument(
-        "--no-isolate", dest="isolate", action="store_false", help="part 1 in this process (RSS then cumulative)"
+        "--no-isolate", dest="isolate", action="store_false", help="part 1 in this process (RSS then shared)"
     )
     parser.add_argument(
         "--max-seconds",

@@ -190,29 +190,34 @@ def condense(
     if len(todo) < len(mine):
         log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
     steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
-    with progress_bar(
-        f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
-    ) as advance:
-        for c in todo:
-            real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
-            rows = data["row"][per_class[c]]
-            if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
-                # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
-                target = {
-                    m: v.to(torch_device) for m, v in _real_inputs(store, config, rows, config.modalities).items()
-                }
-            else:
-                target = real
-            tensors, history = _condense_class(
-                c, real, target, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
-            )
-            tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
-            atomic_save_tensors(
-                work / f"class-{c:05d}.safetensors",
-                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                metadata={"history": json.dumps(history)},
-            )
-            (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
+    try:
+        with progress_bar(
+            f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
+        ) as advance:
+            for c in todo:
+                real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
+                rows = data["row"][per_class[c]]
+                if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
+                    # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
+                    target = {
+                        m: v.to(torch_device) for m, v in _real_inputs(store, config, rows, config.modalities).items()
+                    }
+                else:
+                    target = real
+                tensors, history = _condense_class(
+                    c, real, target, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
+                )
+                tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
+                atomic_save_tensors(
+                    work / f"class-{c:05d}.safetensors",
+                    {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                    metadata={"history": json.dumps(history)},
+                )
+                (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
+    except IbdcError:
+        if state.num_processes == 1:  # bad input found mid-run: leave nothing half-written
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     state.wait_for_everyone()
     result = None
     if state.is_main_process:

@@ -139,7 +139,7 @@ def bind_encoder(
             raise IbdcError(f"{manifest.path}: fewer than 2 training rows have a {m!r} cell; nothing to bind")
     encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
     if state.num_processes > 1:
-        log(f"bind runs on the main process; processes 1..{state.num_processes - 1} have nothing to do", state)
+        log(f"bind trains on the main process only; the other {state.num_processes - 1} process(es) exit", state)
         if not state.is_main_process:
             return BindResult(out=out, encoder=None)
     torch_device = resolve_device(state, device)
@@ -655,8 +655,8 @@ def write_checkpoint(out: Path, encoder: Encoder, metadata: dict[str, Any]) -> N
 
 
 METRIC_LINES = (
-    ("r1_to_anchor", "{m}->{a} R@1", "%"),
-    ("r1_from_anchor", "{a}->{m} R@1", "%"),
+    ("r1_to_anchor", "{m}->{a} R@1 (chance {chance})", "%"),
+    ("r1_from_anchor", "{a}->{m} R@1 (chance {chance})", "%"),
     ("label_r1_to_anchor", "{m}->{a} same-label R@1", "%"),
     ("label_r1_from_anchor", "{a}->{m} same-label R@1", "%"),
     ("cos_same_class", "cosine, same class", ""),
@@ -667,25 +667,26 @@ METRIC_LINES = (
 def format_report(result: BindResult) -> str:
     """The before/after table that `ibdc bind` prints."""
     meta = result.metadata
-    rows = meta["rows"]
+    rows, epochs = meta["rows"], meta["settings"]["epochs"]
     lines = [
-        f"bound {','.join(meta['bound'])} to {meta['anchor']} ({meta['preset']}, {meta['settings']['epochs']} "
-        f"epochs, {rows['train']} training rows, {rows['held_out']} held out, {meta['wall_time_s']:.0f} s)"
+        f"bound {','.join(meta['bound'])} to {meta['anchor']} ({meta['preset']}, {epochs} epoch"
+        f"{'s' if epochs != 1 else ''}, {rows['train']} training rows, {rows['held_out']} held out, "
+        f"{meta['wall_time_s']:.0f} s)"
     ]
     for m in meta["bound"]:
         before, after = result.before.get(m, {}), result.after.get(m, {})
         if "r1_to_anchor" not in after:
             lines.append(f"  {m}: too few held-out rows for metrics (--val-fraction)")
             continue
-        lines.append(
-            f"  held-out {m} ({after['rows']} rows, chance R@1 {100 * after['chance_r1']:.1f} %)  before    after"
-        )
+        chance = f"{100 * after['chance_r1']:.1f} %"
+        heading = f"held-out {m}, {after['rows']} rows"
+        lines.append(f"  {heading:<40}{'before':>9}{'after':>9}")
         for key, label, unit in METRIC_LINES:
             if key not in after:
                 continue
-            name = label.format(m=m, a=meta["anchor"])
-            scale = 100 if unit else 1
             fmt = "{:>7.1f} %" if unit else "{:>9.3f}"
+            scale = 100 if unit else 1
+            name = label.format(m=m, a=meta["anchor"], chance=chance)
             lines.append(f"    {name:<38}{fmt.format(scale * before[key])}{fmt.format(scale * after[key])}")
     lines.append(f"wrote {result.out}")
     return "\n".join(lines)

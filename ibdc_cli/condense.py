@@ -35,8 +35,8 @@ from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
-    atomic_write_json,
     open_store,
+    prepare_partial_dir,
     read_tensors,
     save_synthetic_set,
 )
@@ -179,7 +179,7 @@ def condense(
     job = {"store": store.fingerprint(), "config": asdict(config)}
     work = partial_dir(out)
     if state.is_main_process:
-        _prepare_work_dir(work, job, resume)
+        prepare_partial_dir(work, job, resume)
     state.wait_for_everyone()
 
     bank = _frequency_bank(data, per_class, config, torch_device) if config.freq_bank else None
@@ -241,21 +241,6 @@ def _check_dpc(per_class: list[torch.Tensor], class_names: list[str], config: Co
             "or pass --allow-fewer to give such classes one synthetic row per real row"
         )
     return [min(config.dpc, n) for n in counts]
-
-
-def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
-    job_file = work / "job.json"
-    if resume and job_file.exists():
-        previous = json.loads(job_file.read_text())
-        if previous != json.loads(json.dumps(job)):
-            changed = sorted(k for k in job["config"] if previous["config"].get(k) != job["config"][k])
-            what = ", ".join(changed) or "the store"
-            raise IbdcError(f"--resume: the unfinished run at {work} used other settings ({what}); drop --resume")
-        return
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    atomic_write_json(job_file, job)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ibdc_cli.store import (
     atomic_save_tensors,
     atomic_write_json,
     file_sha256,
+    prepare_partial_dir,
     read_tensors,
 )
 
@@ -158,7 +159,7 @@ def embed_manifest(
     }
     work = partial_dir(out)
     if state.is_main_process:
-        _prepare_work_dir(work, job, resume)
+        prepare_partial_dir(work, job, resume)
     state.wait_for_everyone()
 
     chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
@@ -192,23 +193,6 @@ def embed_manifest(
         stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
     state.wait_for_everyone()
     return EmbedResult(store=out, rows=stored, skipped=skipped, seconds=time.time() - started)
-
-
-def _prepare_work_dir(work: Path, job: dict, resume: bool) -> None:
-    job_file = work / "job.json"
-    if resume and job_file.exists():
-        previous = json.loads(job_file.read_text())
-        if previous != json.loads(json.dumps(job)):
-            changed = [k for k in job if previous.get(k) != json.loads(json.dumps(job[k]))]
-            raise IbdcError(
-                f"--resume: the unfinished embed at {work} was started with other settings "
-                f"({', '.join(changed)} differ); rerun without --resume to start over"
-            )
-        return
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    atomic_write_json(job_file, job)
 
 
 def _embed_chunk(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,39 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def prepare_partial_dir(work: Path, job: dict[str, Any], resume: bool) -> None:
+    """Start (or, with `resume`, continue) a resumable job in `work`, whose settings are `job`.
+
+    A resume with other settings is refused, naming what differs; without `resume` old state is dropped.
+    """
+    job = json.loads(json.dumps(job))
+    job_file = work / "job.json"
+    if resume and job_file.exists():
+        previous = json.loads(job_file.read_text())
+        if previous != job:
+            flat_old, flat_new = _flatten(previous), _flatten(job)
+            changed = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+            raise IbdcError(
+                f"--resume: the unfinished run at {work} used other settings ({', '.join(changed)} differ); "
+                "rerun without --resume to start over"
+            )
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(job_file, job)
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
 
 
 def read_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

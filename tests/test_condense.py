@@ -75,11 +75,11 @@ def test_optimisation_lowers_the_loss(digits, tmp_path, cli):
         "--out",
         out,
         "--iterations",
-        60,
+        40,
         "--init",
         "noise",
         "--num-freqs",
-        512,
+        256,
     )
     assert result.code == 0, result
     history = load_synthetic_set(out)[1]["loss_history"]
@@ -133,7 +133,7 @@ def test_input_space_larger_dpc(digits, tmp_path, cli, dpc):
         "--out",
         out,
         "--iterations",
-        2,
+        1,
         "--num-freqs",
         128,
     )
@@ -143,8 +143,8 @@ def test_input_space_larger_dpc(digits, tmp_path, cli, dpc):
 
 def test_input_space_optimisation_changes_pixels_and_lowers_loss(digits, tmp_path, cli):
     out = tmp_path / "syn.safetensors"
-    args = ["-m", "image", "--dpc", 2, "--space", "input", "--method", "dm", "--init", "noise", "--lr", "0.05"]
-    result = cli("condense", digits["train"], *args, "--out", out, "--iterations", 12)
+    args = ["-m", "image", "--dpc", 1, "--space", "input", "--method", "dm", "--init", "noise", "--lr", "0.05"]
+    result = cli("condense", digits["train"], *args, "--out", out, "--iterations", 8)
     assert result.code == 0, result
     assert cli("condense", digits["train"], *args, "--out", tmp_path / "start.safetensors", "--iterations", 0).code == 0
     history = load_synthetic_set(out)[1]["loss_history"]["total"]

@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from ibdc_cli import __version__
@@ -40,18 +39,23 @@ GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 _debug = False
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress bars on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the ibdc version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the ibdc version and exit.")
+    ] = False,
 ) -> None:
     global _debug
     _debug = _debug or debug
     set_quiet(quiet)
-    if version:
-        print(__version__)
-        raise typer.Exit()
 
 
 # Options shared by several commands, so that names and help stay the same everywhere.
@@ -83,7 +87,7 @@ RandomInitOpt = Annotated[
     bool,
     typer.Option("--random-init", help="Allow random weights for imagebind_huge (as the paper does for NYU-v2)."),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (encoder init for random-init presets, sampling).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DeviceOpt = Annotated[
     str,
@@ -103,7 +107,7 @@ def embed(
     model: ModelOpt = "imagebind_tiny",
     checkpoint: CheckpointOpt = None,
     random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of a random-init encoder's weights.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 32,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
     device: DeviceOpt = "auto",
@@ -154,7 +158,8 @@ def embed(
         _print_json(summary)
         return
     for item in result.skipped:
-        stderr.print(f"skipped row {item['row']}: {item['reason']}")
+        row = item["row"]
+        stderr.print(f"skipped row {row}: {item['reason'].removeprefix(f'row {row}: ')}", markup=False)
     print(f"wrote {result.store} ({result.rows} rows, {len(result.skipped)} skipped, {result.seconds:.1f} s)")
 
 
@@ -214,7 +219,9 @@ def condense(
         bool,
         typer.Option("--center/--no-center", help="Condense in the centred space normalize(x - store mean) (default)."),
     ] = True,
-    seed: SeedOpt = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the per-class random streams (init, real batches, frequencies).")
+    ] = 0,
     allow_fewer: Annotated[
         bool, typer.Option("--allow-fewer", help="A class with fewer real rows than --dpc gets one row per real row.")
     ] = False,
@@ -435,7 +442,8 @@ def inspect(
     """
     from ibdc_cli import report
 
-    info = report.describe_store(path) if path.is_dir() else report.describe_synthetic(path)
+    is_store = path.is_dir() or path.suffix != ".safetensors"
+    info = report.describe_store(path) if is_store else report.describe_synthetic(path)
     if as_json:
         _print_json(info)
     elif info["kind"] == "store":
@@ -480,7 +488,7 @@ def datasets_av_digits(
         int | None,
         typer.Option("--per-class", help="At most this many rows per class and split (default: all)."),
     ] = None,
-    seed: SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, speakers and captions.")] = 0,
 ) -> None:
     """Audio-visual digits: scikit-learn's handwritten digits paired with espeak-ng spoken names.
 
@@ -499,7 +507,7 @@ def datasets_av_digits(
 def datasets_spoken_numbers(
     out: Annotated[Path, typer.Argument(help="Directory to write audio/, train.csv, test.csv into.")],
     count: Annotated[int | None, typer.Option("--count", help="At most this many rows in all (default: all).")] = None,
-    seed: SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and speakers.")] = 0,
 ) -> None:
     """Spoken numbers 0-999 paired with their text, speaker-disjoint, for audio-text retrieval.
 
@@ -523,18 +531,14 @@ def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     _debug = "--debug" in args or os.environ.get("IBDC_DEBUG") == "1"
     try:
-        # Typer turns Ctrl-C into exit code 130 and returns exit codes when not standalone.
-        code = app(args=_reorder_global_flags(args), prog_name="ibdc", standalone_mode=False)
+        # Typer reports usage errors itself (exit 2) and turns Ctrl-C into exit code 130.
+        app(args=_reorder_global_flags(args), prog_name="ibdc", standalone_mode=True)
     except IbdcError as exc:
         if _debug:
             traceback.print_exc()
         stderr.print(f"ibdc: error: {exc}", markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        code = 130
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    if code == 130:
-        stderr.print("ibdc: interrupted; rerun the same command with --resume to continue", markup=False)
-    sys.exit(code if isinstance(code, int) else 0)
+    except SystemExit as exc:
+        if exc.code == 130:
+            stderr.print("ibdc: interrupted (embed and condense continue with --resume)", markup=False)
+        raise

@@ -554,7 +554,7 @@ def _write_synthetic_set(out, work, classes, store, config, encoder, centers, st
         "wall_time_s": round(seconds, 3),
         "peak_memory_mib": round(_peak_rss_mib(), 1),
         "source_store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint()},
-        "command": reproduce_command(store.path, config),
+        "command": reproduce_command(store.path, config, out),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     save_synthetic_set(out, tensors, metadata)
@@ -581,16 +581,18 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def reproduce_command(store_path: Path, config: CondenseConfig) -> str:
-    """The `ibdc condense` command line that makes this set again."""
+def reproduce_command(store_path: Path, config: CondenseConfig, out: Path | None = None) -> str:
+    """The `ibdc condense` command line that makes this set again (options left at their defaults omitted)."""
     defaults = CondenseConfig(modalities=config.modalities)
     parts = ["ibdc", "condense", str(store_path), "--modalities", ",".join(config.modalities)]
     for key, value in asdict(config).items():
         if key == "modalities" or value == getattr(defaults, key):
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = key.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "")
+            parts.append(f"--{flag}" if value else f"--no-{flag}")
         else:
-            parts += [flag, str(value)]
-    return " ".join(p for p in parts if p)
+            parts += [f"--{flag}", str(value)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    return " ".join(parts)

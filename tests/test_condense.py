@@ -365,3 +365,16 @@ def test_inspect_synthetic_set(digits, tmp_path, cli):
     (tmp_path / "foreign.safetensors").write_bytes(out.read_bytes()[:100])
     bad = cli("inspect", tmp_path / "foreign.safetensors")
     assert bad.code == 2 and "truncated or foreign" in bad.err
+
+
+def test_recorded_command_reproduces_the_set(digits, tmp_path, cli):
+    import shlex
+
+    out = tmp_path / "a.safetensors"
+    args = ["-m", "audio,image", "--dpc", 2, "--no-center", "--cf-reduction", "eq3", "--joint-form", "cf", *QUICK]
+    assert cli("condense", digits["train"], *args, "--out", out).code == 0
+    command = shlex.split(load_synthetic_set(out)[1]["command"])
+    assert command[:2] == ["ibdc", "condense"] and "--no-center" in command
+    command[command.index("--out") + 1] = str(tmp_path / "b.safetensors")
+    assert cli(*command[1:], "--device", "cpu").code == 0
+    _same(out, tmp_path / "b.safetensors")

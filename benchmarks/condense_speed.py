@@ -328,7 +328,9 @@ def measure_accuracy(args: argparse.Namespace) -> dict:
     results = []
     with tempfile.TemporaryDirectory(prefix="ibdc-condense-speed-") as tmp:
         for name, variant in variants.items():
-            config = CondenseConfig(modalities=list(MODALITIES), dpc=10, **overrides, **variant)
+            config = CondenseConfig(
+                modalities=list(MODALITIES), dpc=10, seed=args.condense_seed, **overrides, **variant
+            )
             out = Path(tmp) / f"syn-{len(results)}.safetensors"
             started = time.perf_counter()
             condense(stores["train"], out, config, device="cpu")
@@ -344,6 +346,7 @@ def measure_accuracy(args: argparse.Namespace) -> dict:
                         "num_freqs": config.num_freqs,
                         "real_batch": config.real_batch,
                         "freq_bank": config.freq_bank,
+                        "seed": config.seed,
                     },
                     "condense_s": seconds,
                     "mean": scores["mean"],
@@ -470,7 +473,7 @@ def print_accuracy(accuracy: dict) -> None:
     first = accuracy["results"][0]["config"]
     print(
         f"\n### 2. Accuracy on av-digits (imagebind_tiny, audio+image, DPC 10, iterations {first['iterations']}, "
-        f"K={first['num_freqs']}, linear probe)\n"
+        f"K={first['num_freqs']}, condense seed {first['seed']}, linear probe)\n"
     )
     print("| real side | accuracy % (mean ± std) | ratio to unbounded | condense s | time ratio |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -550,6 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     accuracy.add_argument("--accuracy-num-freqs", type=int, default=None, help="K (default: CondenseConfig's)")
     accuracy.add_argument("--accuracy-real-batch", type=int, default=64, help="the bounded run's real_batch (64)")
+    accuracy.add_argument("--condense-seed", type=int, default=0, help="condensation seed (default 0)")
     accuracy.add_argument("--eval-seeds", type=int, default=3, help="evaluation seeds (default 3)")
     accuracy.add_argument("--eval-epochs", type=int, default=HEAD_EPOCHS, help=f"head epochs (default {HEAD_EPOCHS})")
     inputs = parser.add_argument_group("3. input space")

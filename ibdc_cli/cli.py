@@ -460,25 +460,28 @@ def demo(
     per_class: Annotated[
         int | None, typer.Option("--per-class", help="Rows per class and split, for a quicker demo (default: all).")
     ] = None,
+    dpc: Annotated[int, typer.Option("--dpc", help="Synthetic data points per class.")] = 10,
+    seeds: Annotated[int, typer.Option("--seeds", help="Evaluation runs per set.")] = 3,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Condensation steps per class (default: condense's).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the built-in demo: build av-digits, embed train and test with imagebind_tiny, describe the stores.
+    """Run the whole workflow on the built-in av-digits data and print what it achieved.
+
+    Builds av-digits, embeds train and test with imagebind_tiny, condenses audio+image with imagebinddc
+    and with random real rows, and evaluates both against training on the whole data.
 
     Example: ibdc demo --out demo-out
     """
-    from ibdc_cli.demo import ensure_demo_stores
-    from ibdc_cli.report import describe_store
+    from ibdc_cli.demo import run_demo
+    from ibdc_cli.report import print_demo
 
-    paths = ensure_demo_stores(out, per_class=per_class)
-    stores = {split: describe_store(paths[split]) for split in ("train", "test")}
+    result = run_demo(out, per_class=per_class, dpc=dpc, seeds=seeds, iterations=iterations)
     if as_json:
-        _print_json({"data": str(paths["data"]), **{k: v for k, v in stores.items()}})
-        return
-    print(f"av-digits media and manifests: {paths['data']}")
-    for split, info in stores.items():
-        dims = ", ".join(f"{m} {d}-d" for m, d in info["modalities"].items())
-        print(f"{split} store: {info['path']}  ({info['rows']} rows, {len(info['class_names'])} classes, {dims})")
-    print(f"next: ibdc inspect {stores['train']['path']}")
+        _print_json(result)
+    else:
+        print_demo(result)
 
 
 @datasets_app.command("av-digits", no_args_is_help=True)

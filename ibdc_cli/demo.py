@@ -56,3 +56,36 @@ def default_store(split: str = "train") -> Path:
     path = ensure_demo_stores()[split]
     log(f"using the built-in demo store {path} (av-digits, {DEMO_MODEL}); name a store or set ${STORE_ENV}")
     return path
+
+
+def run_demo(
+    root: Path | None = None,
+    *,
+    per_class: int | None = None,
+    dpc: int = 10,
+    seeds: int = 3,
+    iterations: int | None = None,
+) -> dict:
+    """The whole workflow on av-digits: stores, then `imagebinddc` and `random` at `dpc` (audio + image),
+    each evaluated with the linear protocol against the whole training data. Reuses finished outputs."""
+    from ibdc_cli.condense import CondenseConfig, condense
+    from ibdc_cli.evaluate import evaluate
+
+    root = Path(root) if root is not None else cache_dir() / "demo"
+    paths = ensure_demo_stores(root, per_class=per_class)
+    results: dict = {}
+    whole = None
+    for method in ("imagebinddc", "random"):
+        out = root / f"{method}-dpc{dpc}.safetensors"
+        config = CondenseConfig(modalities=["audio", "image"], dpc=dpc, method=method)
+        if iterations is not None:
+            config.iterations = iterations
+        if not out.exists():
+            log(f"condensing with {method} at DPC {dpc} -> {out}")
+            condense(paths["train"], out, config, resume=True)
+        log(f"evaluating {out.name} (linear heads, {seeds} seeds, whole-data baseline)")
+        results[method] = {
+            "synthetic_set": out,
+            **evaluate(out, paths["test"], seeds=seeds, train_store=paths["train"]),
+        }
+    return {**paths, "results": results}

@@ -139,3 +139,29 @@ def print_synthetic(info: dict[str, Any]) -> None:
     settings = ", ".join(f"{k}={v}" for k, v in info["settings"].items() if k != "modalities")
     stdout.print(f"  [dim]settings: {settings}[/]")
     stdout.print(f"  reproduce    {info['command']}")
+
+
+def print_demo(result: dict[str, Any]) -> None:
+    """The demo's summary: where things are and a small results table a newcomer can read."""
+    stdout.print(f"av-digits media and manifests: {result['data']}")
+    stdout.print(f"embedding stores: {result['train']}  {result['test']}")
+    table = Table(title="audio + image, linear heads on the synthetic set, accuracy on the real test split")
+    table.add_column("training data")
+    table.add_column("rows", justify="right")
+    table.add_column("test accuracy %", justify="right")
+    table.add_column("of whole data", justify="right")
+    whole = None
+    for method, r in result["results"].items():
+        label = "ImageBindDC synthetic" if method == "imagebinddc" else "random real rows"
+        table.add_row(
+            f"{label} (DPC {r['dpc']})",
+            str(r["dpc"] * 10),
+            f"{r['mean']:.1f} ± {r['std']:.1f}",
+            f"{100 * r['ratio']:.0f} %",
+        )
+        whole = r
+    if whole is not None:
+        table.add_row("whole training split", "all", f"{whole['whole_mean']:.1f} ± {whole['whole_std']:.1f}", "100 %")
+    stdout.print(table)
+    first = next(iter(result["results"].values()))
+    stdout.print(f"next: ibdc inspect {first['synthetic_set']}")

@@ -83,9 +83,9 @@ def run_demo(
         if not out.exists():
             log(f"condensing with {method} at DPC {dpc} -> {out}")
             condense(paths["train"], out, config, resume=True)
-        log(f"evaluating {out.name} (linear heads, {seeds} seeds, whole-data baseline)")
-        results[method] = {
-            "synthetic_set": out,
-            **evaluate(out, paths["test"], seeds=seeds, train_store=paths["train"]),
-        }
+        log(f"evaluating {out.name} (linear heads, {seeds} seeds)")
+        result = evaluate(out, paths["test"], seeds=seeds, train_store=None if whole else paths["train"])
+        whole = whole or {k: result[k] for k in ("whole_mean", "whole_std", "whole_runs")}
+        result.update(whole, ratio=result["mean"] / whole["whole_mean"])
+        results[method] = {"synthetic_set": out, **result}
     return {**paths, "results": results}

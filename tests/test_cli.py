@@ -1,0 +1,50 @@
+"""The command line as a whole: help texts, version, usage errors, and the demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer.main
+
+from ibdc_cli.cli import app
+
+COMMANDS = ["embed", "condense", "evaluate", "inspect", "demo", "bind", "datasets av-digits", "datasets spoken-numbers"]
+
+
+def _click_command(path: str):
+    command = typer.main.get_command(app)
+    for name in path.split():
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("path", COMMANDS)
+def test_every_option_has_help_and_every_command_an_example(path, cli):
+    command = _click_command(path)
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.help and len(param.help) > 10, f"{path} {param.opts} has no help"
+    assert "Example:" in (command.help or ""), f"{path} has no example"
+    result = cli(*path.split(), "--help")
+    assert result.code == 0 and "Example" in result.out
+
+
+def test_version_and_usage_errors(cli):
+    assert cli("--version").out.strip()
+    bad = cli("condense", "--dpc", "abc")
+    assert bad.code == 2 and "Traceback" not in bad.err
+    assert cli("embed").code == 2
+
+
+def test_demo_end_to_end_small(tmp_path, cli):
+    result = cli("demo", "--out", tmp_path, "--per-class", 8, "--seeds", 1, "--iterations", 5, "--dpc", 2, "--json")
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert set(report["results"]) == {"imagebinddc", "random"}
+    for r in report["results"].values():
+        assert (
+            0 <= r["mean"] <= 100 and r["whole_mean"] > 0 and r["ratio"] == pytest.approx(r["mean"] / r["whole_mean"])
+        )
+    human = cli("demo", "--out", tmp_path, "--per-class", 8, "--seeds", 1, "--iterations", 5, "--dpc", 2)
+    assert human.code == 0 and "whole training split" in human.out

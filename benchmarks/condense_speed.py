@@ -8,11 +8,11 @@ What it measures, in one run (read the ratios, not the absolute seconds: the CPU
    joint "paper", what `condense._step` computes), backward and an Adam step. Modes:
    - `all`: every real row in every step, frequencies redrawn every step (`--real-batch 0`);
    - `batch256`: 256 random real rows per step, frequencies redrawn (`--real-batch 256`, the default);
-   - `bank8`: `--freq-bank 8` as `condense.py` runs it: 8 fixed frequency draws whose real-side CFs over
-     all n rows are computed once (`losses.modality_cfs`, timed apart as "precompute") and passed as
-     `real_cf=`; the cross/joint terms still see all n real rows, as in `condense._imagebinddc_terms`;
-   - `bank8+batch256`: the same bank, with the cross/joint terms on 256 random real rows per step (NOT
-     what `condense.py` does today: it shows what that change would buy).
+   - `bank8`: 8 fixed frequency draws whose real-side CFs over all n rows are computed once
+     (`losses.modality_cfs`, timed apart as "precompute") and passed as `real_cf=`, with the cross/joint
+     terms on all n real rows (how `--freq-bank` first worked; kept for comparison);
+   - `bank8+batch256`: the same bank, with the cross/joint terms on 256 random real rows per step: what
+     `ibdc condense --freq-bank 8` does now (`condense._imagebinddc_terms` with the default --real-batch).
    Each mode runs in a fresh process holding the data of every n; its steps are interleaved round-robin
    over n (one step at each n, then again), so the machine's load hits every n alike and the ratios
    across n stay fair on a shared CPU. Peak RSS (`ru_maxrss`) is read after each n's warm-up, in

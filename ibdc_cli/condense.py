@@ -182,13 +182,13 @@ def condense(
         prepare_partial_dir(work, job, resume)
     state.wait_for_everyone()
 
-    bank = _frequency_bank(data, per_class, config, torch_device) if config.freq_bank else None
     centers = {m: v.to(torch_device) for m, v in centers.items()}
     classes = [c for c in range(len(store.class_names)) if per_class[c].numel()]
     mine = [c for c in classes if c % state.num_processes == state.process_index]
     todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
     if len(todo) < len(mine):
         log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
+    bank = _frequency_bank(data, per_class, todo, config, torch_device) if config.freq_bank else None
     steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
     try:
         with progress_bar(
@@ -395,7 +395,6 @@ def _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator) -> d
         freqs_joint = bank["joint"][b] if needs_joint_cf else None
         real_cf = bank["real_cf"][class_id][b]
         real_joint_cf = bank["real_joint_cf"][class_id][b] if needs_joint_cf else None
-        batch = real
     else:
         freqs = {m: _draw(config, syn[m].shape[1], generator, device) for m in config.modalities}
         total_dim = sum(syn[m].shape[1] for m in config.modalities)
@@ -421,8 +420,11 @@ def _draw(config: CondenseConfig, dim: int, generator: torch.Generator, device) 
     return losses.sample_frequencies(config.num_freqs, dim, config.sigma, generator=generator).to(device)
 
 
-def _frequency_bank(data, per_class, config: CondenseConfig, device) -> dict[str, Any]:
-    """B fixed frequency draws (seeded by --seed alone) and every class's real-side CFs under each."""
+def _frequency_bank(data, per_class, classes: list[int], config: CondenseConfig, device) -> dict[str, Any]:
+    """B fixed frequency draws (seeded by --seed alone) and the real-side CFs of `classes` under each.
+
+    The CFs cover all of a class's rows and are computed once; with a bank, a step's cost no longer grows
+    with the number of real rows (the paired cross/joint terms use the bounded --real-batch)."""
     generator = torch.Generator().manual_seed(config.seed)
     dims = {m: data[m].shape[1] for m in config.modalities}
     joint = config.joint_form == "cf" and len(config.modalities) > 1
@@ -430,10 +432,8 @@ def _frequency_bank(data, per_class, config: CondenseConfig, device) -> dict[str
     freqs = [{m: _draw(config, dims[m], generator, device) for m in config.modalities} for _ in range(config.freq_bank)]
     joint_freqs = [_draw(config, total_dim, generator, device) if joint else None for _ in range(config.freq_bank)]
     real_cf, real_joint_cf = {}, {}
-    for c, rows in enumerate(per_class):
-        if not rows.numel():
-            continue
-        real = {m: data[m][rows].to(device) for m in config.modalities}
+    for c in classes:
+        real = {m: data[m][per_class[c]].to(device) for m in config.modalities}
         real_cf[c] = [losses.modality_cfs(real, f) for f in freqs]
         if joint:
             concat = torch.cat([real[m] for m in config.modalities], dim=1)

@@ -83,7 +83,9 @@ def test_optimisation_lowers_the_loss(digits, tmp_path, cli):
     )
     assert result.code == 0, result
     history = load_synthetic_set(out)[1]["loss_history"]
-    assert sum(history["total"][-5:]) < 0.6 * sum(history["total"][:5])
+    # the paper's joint term (dot form) is ~1 per class whatever the data (SPEC §3): judge the rest
+    moving = [t - j for t, j in zip(history["total"], history["joint"], strict=True)]
+    assert sum(moving[-5:]) < 0.5 * sum(moving[:5])
     assert set(history) == {"uni", "cross", "joint", "total"}
 
 
@@ -341,14 +343,14 @@ def test_nan_and_corrupt_store(digits, tmp_path, cli):
 
 def test_convnet_guide_input_space(digits, tmp_path, cli):
     out = tmp_path / "cv.safetensors"
-    args = ["-m", "audio,image", "--dpc", 1, "--space", "input", "--guide", "convnet", "--real-batch", 4]
+    args = ["-m", "audio,image", "--dpc", 1, "--space", "input", "--guide", "convnet", "--real-batch", 2]
     result = cli(
-        "condense", digits["train"], *args, "--out", out, "--iterations", 2, "--num-freqs", 128, "--method", "dm"
+        "condense", digits["train"], *args, "--out", out, "--iterations", 1, "--num-freqs", 128, "--method", "dm"
     )
     assert result.code == 0, result
     tensors, meta = load_synthetic_set(out)
     assert tensors["image"].shape == (10, 3, 224, 224) and meta["settings"]["guide"] == "convnet"
-    assert len(meta["loss_history"]["total"]) == 2
+    assert len(meta["loss_history"]["total"]) == 1
     for extra, expect in [(["--space", "embedding"], "--space input"), (["-m", "text,audio"], "no text network")]:
         bad = cli("condense", digits["train"], *args, *extra, "--out", tmp_path / "bad.safetensors", *QUICK)
         assert bad.code == 2 and expect in bad.err, bad

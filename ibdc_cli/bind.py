@@ -45,7 +45,7 @@ from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, Encoder, load_encoder
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
-from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, read_tensors
+from ibdc_cli.store import atomic_save_tensors, file_sha256, prepare_partial_dir, read_tensors
 
 BOUND_FORMAT = "ibdc-bound-encoder"
 BOUND_VERSION = 1
@@ -154,7 +154,10 @@ def bind_encoder(
         **settings,
     }
     work = partial_dir(out)
-    resuming = _prepare_work_dir(work, job, resume)
+    prepare_partial_dir(work, job, resume)
+    resuming = resume and (work / "state.safetensors").exists()
+    if resume and not resuming:
+        log(f"--resume: no finished epoch in {work}; starting from the beginning")
     try:
         data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
     except IbdcError:
@@ -285,28 +288,6 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[
         raise IbdcError(f"{n} rows leave fewer than 2 training rows with --val-fraction {val_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def _prepare_work_dir(work: Path, job: dict, resume: bool) -> bool:
-    """Start a fresh `.OUT.partial/` (returns False) or, with --resume, check and keep the old one (True)."""
-    job_file = work / "job.json"
-    if resume and (work / "state.safetensors").exists() and job_file.exists():
-        previous = json.loads(job_file.read_text())
-        current = json.loads(json.dumps(job))
-        changed = [k for k in current if previous.get(k) != current[k]]
-        if changed:
-            raise IbdcError(
-                f"--resume: the unfinished bind at {work} was started with other settings "
-                f"({', '.join(changed)} differ); drop --resume to start over"
-            )
-        return True
-    if resume:
-        log(f"--resume: no unfinished bind at {work}; starting from the beginning")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    atomic_write_json(job_file, job)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------------

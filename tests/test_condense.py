@@ -380,3 +380,12 @@ def test_recorded_command_reproduces_the_set(digits, tmp_path, cli):
     command[command.index("--out") + 1] = str(tmp_path / "b.safetensors")
     assert cli(*command[1:], "--device", "cpu").code == 0
     _same(out, tmp_path / "b.safetensors")
+
+
+def test_default_store_from_environment(digits, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("IBDC_STORE", str(digits["train"]))
+    monkeypatch.chdir(tmp_path)
+    result = cli("condense", "--modalities", "audio,image", "--dpc", 2, *QUICK)
+    assert result.code == 0, result
+    assert f"using store {digits['train']}" in result.err and "IBDC_STORE" in result.err
+    assert (tmp_path / "syn.safetensors").exists()

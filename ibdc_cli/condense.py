@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -507,16 +508,27 @@ def _input_space_encoder(store: Store, config: CondenseConfig, device):
 
 def _real_inputs(store: Store, config: CondenseConfig, rows: torch.Tensor, modalities: list[str]):
     """Preprocessed model inputs `{m: [n, *input shape]}` of the manifest rows `rows` (for init and selections)."""
-    from ibdc_cli.data.manifest import read_manifest
     from ibdc_cli.data.preprocess import load
 
     manifest_path = Path(config.manifest or store.index["manifest"]["path"])
     if not manifest_path.exists():
         raise IbdcError(f"--space input needs the training manifest: {manifest_path} not found (pass --manifest)")
-    manifest = read_manifest(manifest_path, modalities, require_label=False)
-    if manifest.sha256 != store.index["manifest"]["sha256"]:
-        raise IbdcError(f"manifest {manifest_path} is not the one store {store.path} was made from (SHA-256 differs)")
+    expected = store.index["manifest"]["sha256"]
+    # keyed on the file's mtime too, so an edited manifest is read (and checked) again
+    key = (str(manifest_path), manifest_path.stat().st_mtime_ns, tuple(modalities), expected, str(store.path))
+    manifest = _training_manifest(*key)
     return {m: torch.stack([load(m, manifest.rows[int(r)][m], manifest.base_dir) for r in rows]) for m in modalities}
+
+
+@lru_cache(maxsize=4)
+def _training_manifest(path: str, mtime_ns: int, modalities: tuple[str, ...], sha256: str, store_path: str):
+    """The store's training manifest, read and checked once per run rather than once per class."""
+    from ibdc_cli.data.manifest import read_manifest
+
+    manifest = read_manifest(path, list(modalities), require_label=False)
+    if manifest.sha256 != sha256:
+        raise IbdcError(f"manifest {path} is not the one store {store_path} was made from (SHA-256 differs)")
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------------

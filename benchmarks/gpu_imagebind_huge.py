@@ -20,6 +20,7 @@ import time
 import torch
 
 from ibdc_cli.condense import CondenseConfig, _initial_params, _make_optimizer, _step, class_generator
+from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.runtime import autocast
 
@@ -68,6 +69,29 @@ def measure(encoder, dpc: int, steps: int, num_freqs: int, device: torch.device)
     }
 
 
+@torch.no_grad()
+def measure_embed(encoder, modality: str, batch: int, steps: int, device: torch.device) -> dict:
+    """Rows per second of `ibdc embed`'s forward pass (preprocessed inputs -> unit-norm embeddings)."""
+    generator = torch.Generator().manual_seed(0)
+    if modality == "text":
+        x = torch.randint(0, 49408, (batch, *INPUT_SHAPES["text"]), generator=generator)
+    else:
+        x = torch.randn(batch, *INPUT_SHAPES[modality], generator=generator)
+    x = x.to(device)
+    encoder.embed(modality, x)  # warm-up
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        encoder.embed(modality, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    per_batch = sorted(times)[len(times) // 2]
+    return {"modality": modality, "batch": batch, "rows_per_second": round(batch / per_batch, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="imagebind_tiny on CPU instead of imagebind_huge")
@@ -75,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per DPC (after one warm-up)")
     parser.add_argument("--num-freqs", type=int, default=4096)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--embed-batch", type=int, default=64, help="batch of the embedding-throughput part")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -87,6 +112,10 @@ def main() -> None:
     for dpc in [int(d) for d in args.dpc.split(",")]:
         with autocast(device, args.precision):
             rows.append(measure(encoder, dpc, args.steps, args.num_freqs, device))
+    embed_rows = []
+    for modality in ("image", "audio", "text"):
+        with autocast(device, args.precision):
+            embed_rows.append(measure_embed(encoder, modality, args.embed_batch, args.steps, device))
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     report = {
         "preset": preset,
@@ -97,6 +126,7 @@ def main() -> None:
         "classes": CLASSES,
         "num_freqs": args.num_freqs,
         "rows": rows,
+        "embed": embed_rows,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -108,6 +138,8 @@ def main() -> None:
             f"{row['dpc']:>4} {row['seconds_per_class_step']:>13.4f} {row['seconds_per_iteration_10_classes']:>25.3f} "
             f"{row['peak_memory_gib']:>9.2f}"
         )
+    for row in embed_rows:
+        print(f"embed {row['modality']:>6}: {row['rows_per_second']:>9.1f} rows/s (batch {row['batch']})")
 
 
 if __name__ == "__main__":

@@ -590,7 +590,14 @@ def held_out_metrics(
     `r1_to_anchor`: share of rows whose nearest anchor embedding is their own pair (chance 1/rows);
     `r1_from_anchor` the other way; `label_r1_*`: the nearest one has the row's label; `cos_same_class` /
     `cos_other_class`: mean cosine between a row's embedding and the anchor embeddings of rows with the
-    same / another label. Label metrics need labels.
+    same / another label; `cos_class_means` / `cos_class_means_other`: cosine between a class's mean
+    embedding and the same / another class's mean anchor embedding, averaged over classes (pairs of
+    classes). Label metrics need labels.
+
+    The two cosines answer different questions. The row-level one equals |mean z_c|·|mean a_c|·cos(means)
+    averaged over classes, so it stays small whenever one side is spread within a class (the centred
+    outputs of a random anchor tower are nearly orthogonal even within a class), however well the
+    classes line up. The class-mean one asks only whether the classes line up.
     """
     rows = rows_of(data, modality, torch.tensor(val_rows, dtype=torch.int64))
     if len(rows) < 2:
@@ -619,7 +626,24 @@ def held_out_metrics(
         metrics["label_r1_from_anchor"] = float((y[from_anchor] == y).float().mean())
         metrics["cos_same_class"] = float(similarity[same].mean())
         metrics["cos_other_class"] = float(similarity[~same].mean()) if bool((~same).any()) else float("nan")
+        metrics.update(class_mean_cosines(z, a, y))
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def class_mean_cosines(z: torch.Tensor, a: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Cosines between the class means of `z` `[n, D]` and of `a` `[n, D]` (rows paired, `labels` `[n]`).
+
+    `cos_class_means`: mean over classes c of cos(mean z_c, mean a_c); `cos_class_means_other`: mean over
+    ordered pairs c != c' of cos(mean z_c, mean a_c') (nan with one class).
+    """
+    classes = labels.unique()
+    one_hot = (labels[None, :] == classes[:, None]).float()  # [C, n]
+    z_means = F.normalize(one_hot @ z, dim=-1)  # [C, D]; the sum points where the mean does
+    a_means = F.normalize(one_hot @ a, dim=-1)
+    cosines = z_means @ a_means.T  # [C, C]
+    diagonal = torch.eye(len(classes), dtype=torch.bool)
+    other = float(cosines[~diagonal].mean()) if len(classes) > 1 else float("nan")
+    return {"cos_class_means": float(cosines.diagonal().mean()), "cos_class_means_other": other}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -642,6 +666,8 @@ METRIC_LINES = (
     ("label_r1_from_anchor", "{a}->{m} same-label R@1", "%"),
     ("cos_same_class", "cosine, same class", ""),
     ("cos_other_class", "cosine, other classes", ""),
+    ("cos_class_means", "cosine of class means, same class", ""),
+    ("cos_class_means_other", "cosine of class means, other classes", ""),
 )
 
 

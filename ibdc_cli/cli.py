@@ -215,16 +215,28 @@ def condense(
     init: Annotated[
         str, typer.Option("--init", help="Initialise synthetic rows from real, noise or herding.")
     ] = "real",
-    center: Annotated[
-        bool,
-        typer.Option("--center/--no-center", help="Condense in the centred space normalize(x - store mean) (default)."),
-    ] = True,
+    space_map: Annotated[
+        str,
+        typer.Option(
+            "--space-map",
+            help="The space matched: whiten (normalize(C^-1/2 (x - mean)), the store's statistics; default), "
+            "center (normalize(x - mean)) or none (the raw embeddings).",
+        ),
+    ] = "whiten",
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the per-class random streams (init, real batches, frequencies).")
     ] = 0,
     allow_fewer: Annotated[
         bool, typer.Option("--allow-fewer", help="A class with fewer real rows than --dpc gets one row per real row.")
     ] = False,
+    clusters: Annotated[
+        int,
+        typer.Option(
+            "--clusters",
+            help="Stores without labels: 0 = all rows are one class, so --dpc is the number of pairs (default); "
+            "K = K pseudo-classes by k-means on the joint embedding, --dpc pairs each.",
+        ),
+    ] = 0,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Save a resumable state every N iterations of a class (0 = off).")
     ] = 50,
@@ -279,9 +291,10 @@ def condense(
         joint_form=joint_form,
         freq_bank=freq_bank,
         init=init,
-        center=center,
+        space_map=space_map,
         seed=seed,
         allow_fewer=allow_fewer,
+        clusters=clusters,
         checkpoint_every=checkpoint_every,
         guide=guide,
         model=model,
@@ -318,29 +331,74 @@ def evaluate(
     synthetic: Annotated[Path, typer.Argument(help="Synthetic set or selection (.safetensors from `ibdc condense`).")],
     test: Annotated[Path | None, typer.Option("--test", help="Real test store; default: the demo test store.")] = None,
     protocol: Annotated[
-        str, typer.Option("--protocol", help="linear (per-modality linear heads, late fusion) or mlp.")
+        str,
+        typer.Option(
+            "--protocol",
+            help="linear (per-modality linear heads, late fusion), mlp, or convnet (ConvNets trained from scratch "
+            "on an input-space set, tested on the test store's manifest), or retrieval (paired data without "
+            "labels: InfoNCE projection heads, recall@1/5/10 both ways).",
+        ),
     ] = "linear",
     seeds: Annotated[int, typer.Option("--seeds", help="Training runs with different seeds; reports mean ± std.")] = 3,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the fixed head-training schedule.")] = 300,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", help="Epochs of the fixed training schedule (default: 300 for heads, 20 for convnet, 100 for retrieval)."
+        ),
+    ] = None,
     train: Annotated[
         Path | None, typer.Option("--train", help="Also train on this whole real store: whole-data result and ratio.")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="Input-space sets: the encoder checkpoint to embed them with (default: the file recorded in the "
+            "set, then $IBDC_CHECKPOINT).",
+        ),
+    ] = None,
+    test_manifest: Annotated[
+        Path | None,
+        typer.Option("--test-manifest", help="convnet: the test store's manifest (default: the path it records)."),
+    ] = None,
+    train_manifest: Annotated[
+        Path | None,
+        typer.Option("--train-manifest", help="convnet: the --train store's manifest (default: the path it records)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train heads on a synthetic set and report top-1 accuracy on a real test store (mean ± std).
+    """Train heads on a synthetic set and report top-1 accuracy (or recall@k) on a real test store (mean ± std).
 
     Example: ibdc evaluate syn.safetensors --test stores/test --train stores/train --seeds 3
+
+    Example: ibdc evaluate pairs.safetensors --test stores/sn-test --protocol retrieval --train stores/sn-train
     """
+    from ibdc_cli.convnet_eval import ConvnetSchedule
     from ibdc_cli.demo import default_store
     from ibdc_cli.evaluate import HeadSchedule
     from ibdc_cli.evaluate import evaluate as run_evaluate
 
     test = test if test is not None else default_store("test")
+    from ibdc_cli.retrieval import RetrievalSchedule, format_retrieval
+
+    schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(protocol, HeadSchedule)
+    schedule = schedule_type() if epochs is None else schedule_type(epochs=epochs)
     result = run_evaluate(
-        synthetic, test, protocol=protocol, seeds=seeds, schedule=HeadSchedule(epochs=epochs), train_store=train
+        synthetic,
+        test,
+        protocol=protocol,
+        seeds=seeds,
+        schedule=schedule,
+        train_store=train,
+        checkpoint=checkpoint,
+        test_manifest=test_manifest,
+        train_manifest=train_manifest,
     )
     if as_json:
         _print_json(result)
+        return
+    if protocol == "retrieval":
+        print(format_retrieval(result))
         return
     line = (
         f"{result['method']} dpc {result['dpc']}: {result['mean']:.2f} ± {result['std']:.2f} % ({protocol}, "
@@ -434,22 +492,82 @@ def bind(
 @app.command(no_args_is_help=True)
 def inspect(
     path: Annotated[Path, typer.Argument(help="A synthetic set (.safetensors) or an embedding store directory.")],
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write a PNG: real vs synthetic embeddings per modality in 2-D, coloured by class, and the loss "
+            "curves (for a store: its embeddings per modality).",
+        ),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Write a synthetic set's rows as files into this new directory: images as PNG plus a grid, "
+            "audio as spectrogram PNG and WAV (approximate inverse of the mel fbank), embeddings as .npy, "
+            "labels.csv and index.csv.",
+        ),
+    ] = None,
+    real: Annotated[
+        Path | None,
+        typer.Option("--real", help="The real store drawn with --plot (default: the set's recorded source store)."),
+    ] = None,
+    projection: Annotated[
+        str, typer.Option("--projection", help="2-D projection of --plot: pca (fitted on the real rows) or tsne.")
+    ] = "pca",
+    real_per_class: Annotated[
+        int, typer.Option("--real-per-class", help="At most this many real rows per class in --plot (drawn at random).")
+    ] = 200,
+    checkpoint: CheckpointOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --plot file or --export directory.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a synthetic set (method, settings, loss curve, how to reproduce it) or an embedding store.
 
+    With --plot, also draw it (input-space rows are embedded with the set's encoder; --checkpoint names
+    its weights if they moved); with --export, also write its rows as PNG, WAV, .npy and CSV files.
+
     Example: ibdc inspect syn.safetensors
+
+    Example: ibdc inspect syn.safetensors --plot syn.png --projection tsne
+
+    Example: ibdc inspect syn.safetensors --export syn-files/
     """
     from ibdc_cli import report
 
     is_store = path.is_dir() or path.suffix != ".safetensors"
     info = report.describe_store(path) if is_store else report.describe_synthetic(path)
+    if export is not None and is_store:
+        raise IbdcError(f"--export writes the rows of a synthetic set; {path} is an embedding store")
+    if real is not None and (is_store or plot is None):
+        raise IbdcError("--real names the real store drawn with a synthetic set's --plot")
+    if plot is not None:
+        from ibdc_cli import visualize
+
+        options = dict(projection=projection, per_class=real_per_class, overwrite=overwrite)
+        if is_store:
+            info["plot"] = visualize.plot_store(path, plot, **options)
+        else:
+            info["plot"] = visualize.plot_synthetic_set(path, plot, real=real, checkpoint=checkpoint, **options)
+    if export is not None:
+        from ibdc_cli.export import export_synthetic_set
+
+        info["export"] = export_synthetic_set(path, export, overwrite=overwrite)
     if as_json:
         _print_json(info)
-    elif info["kind"] == "store":
+        return
+    if info["kind"] == "store":
         report.print_store(info)
     else:
         report.print_synthetic(info)
+    if plot is not None:
+        print(f"wrote plot {plot} (panels: {', '.join(info['plot']['panels'])}; {projection})")
+    if export is not None:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in info["export"]["kinds"].items())
+        print(f"wrote {export}/ ({kinds}; list in index.csv)")
 
 
 @app.command()

@@ -33,6 +33,7 @@ from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
 from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.space import SPACE_MAPS, SpaceMap, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
@@ -73,10 +74,11 @@ class CondenseConfig:
     cross_form: str = "paper"
     joint_form: str = "paper"
     freq_bank: int = 0  # 0: fresh frequencies every step (the paper); B: B fixed draws, real CFs cached
-    center: bool = True  # work in the centred space: normalize(x - mean of the store), see `centred_space`
+    space_map: str = "whiten"  # the space of the store's embeddings that is matched: see ibdc_cli/space.py
     init: str = "real"
     seed: int = 0
     allow_fewer: bool = False
+    clusters: int = 0  # stores without labels: 0 = all rows one class; K = K k-means pseudo-classes
     checkpoint_every: int = 50
     # input space only
     guide: str = "imagebind"
@@ -99,6 +101,7 @@ class CondenseConfig:
             "cross-form": (self.cross_form, losses.CROSS_FORMS),
             "joint-form": (self.joint_form, losses.JOINT_FORMS),
             "guide": (self.guide, GUIDES),
+            "space-map": (self.space_map, SPACE_MAPS),
         }
         for option, (value, allowed) in choices.items():
             if value not in allowed:
@@ -166,14 +169,20 @@ def condense(
     missing = [m for m in config.modalities if m not in store.modalities]
     if missing:
         raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")
-    if not store.index.get("labeled", bool(store.class_names)):
-        raise IbdcError(f"store {store.path} has no labels; condensation is class-conditional")
+    labeled = store.index.get("labeled", bool(store.class_names))
+    if labeled and config.clusters:
+        raise IbdcError(f"--clusters forms pseudo-classes for a store without labels; store {store.path} has labels")
     data = store.load(config.modalities)
-    centers = {m: data[m].mean(0) if config.center else torch.zeros(data[m].shape[1]) for m in config.modalities}
+    space_maps = {m: fit_space_map(data[m], config.space_map) for m in config.modalities}
     for m in config.modalities:
-        data[m] = centred_space(data[m], centers[m])
-    per_class = _rows_per_class(data["labels"], len(store.class_names))
-    dpc_of = _check_dpc(per_class, store.class_names, config)
+        data[m] = map_embeddings(data[m], space_maps[m])
+    class_names, pseudo = store.class_names, {}
+    if not labeled:  # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
+        from ibdc_cli.retrieval import pseudo_classes
+
+        data["labels"], class_names, pseudo = pseudo_classes(data, config.modalities, config.clusters, config.seed)
+    per_class = _rows_per_class(data["labels"], len(class_names))
+    dpc_of = _check_dpc(per_class, class_names, config)
     use_imagebind = config.space == "input" and config.guide == "imagebind"
     encoder = _input_space_encoder(store, config, torch_device) if use_imagebind else None
 
@@ -183,8 +192,8 @@ def condense(
         prepare_partial_dir(work, job, resume)
     state.wait_for_everyone()
 
-    centers = {m: v.to(torch_device) for m, v in centers.items()}
-    classes = [c for c in range(len(store.class_names)) if per_class[c].numel()]
+    space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
+    classes = [c for c in range(len(class_names)) if per_class[c].numel()]
     mine = [c for c in classes if c % state.num_processes == state.process_index]
     todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
     if len(todo) < len(mine):
@@ -206,7 +215,19 @@ def condense(
                 else:
                     target = real
                 tensors, history = _condense_class(
-                    c, real, target, rows, dpc_of[c], config, store, encoder, centers, bank, work, torch_device, advance
+                    c,
+                    real,
+                    target,
+                    rows,
+                    dpc_of[c],
+                    config,
+                    store,
+                    encoder,
+                    space_maps,
+                    bank,
+                    work,
+                    torch_device,
+                    advance,
                 )
                 tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
                 atomic_save_tensors(
@@ -222,7 +243,9 @@ def condense(
     state.wait_for_everyone()
     result = None
     if state.is_main_process:
-        result = _write_synthetic_set(out, work, classes, store, config, encoder, centers, started)
+        result = _write_synthetic_set(
+            out, work, classes, store, config, encoder, space_maps, started, class_names=class_names, pseudo=pseudo
+        )
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
@@ -248,7 +271,7 @@ def _check_dpc(per_class: list[torch.Tensor], class_names: list[str], config: Co
 # one class
 
 
-def _condense_class(c, real, target, rows, dpc, config, store, encoder, centers, bank, work, device, advance):
+def _condense_class(c, real, target, rows, dpc, config, store, encoder, space_maps, bank, work, device, advance):
     """Synthetic (or selected) tensors of class `c` and its loss history.
 
     `real`: the class's store embeddings `{m: [n, D]}` (selection, initialisation); `target`: what the
@@ -268,7 +291,7 @@ def _condense_class(c, real, target, rows, dpc, config, store, encoder, centers,
     state_file = work / f"state-{c:05d}.safetensors"
     start, history = _load_class_state(state_file, params, optimizer, generator)
     for iteration in range(start, config.iterations):
-        terms = _step(target, params, config, encoder, centers, bank, c, generator, optimizer)
+        terms = _step(target, params, config, encoder, space_maps, bank, c, generator, optimizer)
         history.append(terms)
         advance(1, loss=f"{terms['total']:.4f}")
         done = iteration + 1
@@ -312,12 +335,12 @@ def _input_modalities(config: CondenseConfig) -> list[str]:
     return [m for m in config.modalities if m != "text"]
 
 
-def _synthetic_embeddings(params, config, encoder, centers) -> dict[str, torch.Tensor]:
+def _synthetic_embeddings(params, config, encoder, space_maps) -> dict[str, torch.Tensor]:
     """Unit-norm embeddings of the current synthetic rows. Embedding-space rows are parametrised
     normalised (SPEC §3): terms linear in a row's norm would otherwise reward blowing it up."""
     inputs = _input_modalities(config)
     return {
-        m: centred_space(encoder.embed(m, params[m]), centers[m])
+        m: map_embeddings(encoder.embed(m, params[m]), space_maps[m])
         if m in inputs
         else torch.nn.functional.normalize(params[m], dim=-1)
         for m in config.modalities
@@ -325,15 +348,8 @@ def _synthetic_embeddings(params, config, encoder, centers) -> dict[str, torch.T
 
 
 def centred_space(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """`normalize(x - center)` `[N, D]`: the space ibdc condenses in (with --no-center, center = 0).
-
-    A randomly initialised ImageBind tower maps every input close to one direction (on av-digits with
-    imagebind_tiny the mean cosine between image embeddings is 0.996): unit vectors in a tiny cap, where
-    CF frequencies of scale 1 see almost no difference. Subtracting the store's mean per modality spreads
-    them out (mean cosine 0.002) and lifts a logistic-regression probe from 48 % to 82 % on images.
-    The centre is saved in the synthetic set, and `ibdc evaluate` maps test embeddings the same way.
-    """
-    return torch.nn.functional.normalize(x - center.to(x.dtype), dim=-1)
+    """`normalize(x - center)`; transitional, use `ibdc_cli.space.SpaceMap` / `space_maps_of_set`."""
+    return map_embeddings(x, SpaceMap(center))
 
 
 def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:
@@ -350,7 +366,7 @@ def _make_optimizer(params: list[torch.Tensor], config: CondenseConfig) -> torch
     return torch.optim.SGD(params, lr=config.learning_rate(), momentum=0.5)
 
 
-def _step(real, params, config, encoder, centers, bank, class_id, generator, optimizer) -> dict[str, float]:
+def _step(real, params, config, encoder, space_maps, bank, class_id, generator, optimizer) -> dict[str, float]:
     """One optimisation step of one class; returns the loss terms as floats."""
     batch = _real_batch(real, config.real_batch, generator)
     if config.guide == "convnet" and config.space == "input":
@@ -362,7 +378,7 @@ def _step(real, params, config, encoder, centers, bank, class_id, generator, opt
         syn = {m: guides[m](params[m]) for m in config.modalities}
         real = batch
     else:
-        syn = _synthetic_embeddings(params, config, encoder, centers)
+        syn = _synthetic_embeddings(params, config, encoder, space_maps)
     if config.method == "dm":
         terms = {"total": losses.dm_loss(batch, syn)}
     elif config.method == "avdd":
@@ -535,11 +551,14 @@ def _training_manifest(path: str, mtime_ns: int, modalities: tuple[str, ...], sh
 # the output file
 
 
-def _write_synthetic_set(out, work, classes, store, config, encoder, centers, started) -> CondenseResult:
+def _write_synthetic_set(
+    out, work, classes, store, config, encoder, space_maps, started, *, class_names, pseudo
+) -> CondenseResult:
     parts = [read_tensors(work / f"class-{c:05d}.safetensors", "partial condensation") for c in classes]
     tensors = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
-    if config.center:
-        tensors.update({f"center.{m}": v.detach().cpu() for m, v in centers.items()})
+    for m, space_map in space_maps.items():
+        if space_map is not None:
+            tensors.update(space_map.tensors(m))
     histories = [json.loads(p[1].get("history", "[]")) for p in parts]
     history = _sum_histories(histories)
     seconds = time.time() - started
@@ -550,13 +569,12 @@ def _write_synthetic_set(out, work, classes, store, config, encoder, centers, st
         "method": config.method,
         "space": config.space,
         "tensor_spaces": tensor_spaces,
-        "centred": config.center,
+        "space_map": config.space_map,
         "modalities": config.modalities,
         "dpc": config.dpc,
-        "rows_per_class": {
-            store.class_names[c]: int(p[0]["labels"].numel()) for c, p in zip(classes, parts, strict=True)
-        },
-        "class_names": store.class_names,
+        "rows_per_class": {class_names[c]: int(p[0]["labels"].numel()) for c, p in zip(classes, parts, strict=True)},
+        "class_names": class_names,
+        **pseudo,  # stores without labels: "pseudo_labels" ("none" or "kmeans") and "clusters"
         "encoder": encoder.describe() if encoder is not None else store.encoder,
         "settings": {**asdict(config), "lr": config.learning_rate()},
         "seed": config.seed,

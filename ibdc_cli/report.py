@@ -103,7 +103,7 @@ def describe_synthetic(path: str | Path) -> dict[str, Any]:
         "class_names": meta.get("class_names", []),
         "encoder": meta.get("encoder", {}),
         "settings": meta.get("settings", {}),
-        "centred": meta.get("centred", False),
+        "space_map": meta.get("space_map", "none"),
         "iterations": meta.get("iterations"),
         "final_loss": meta.get("final_loss"),
         "loss_history": history,
@@ -122,7 +122,7 @@ def print_synthetic(info: dict[str, Any]) -> None:
     stdout.print(f"[bold]{info['kind']} set[/] {info['path']}")
     stdout.print(
         f"  method       {info['method']}, {info['space']} space, DPC {info['dpc']}, {info['rows']} rows"
-        f"{', centred' if info['centred'] else ''}"
+        f", space map {info['space_map']}"
     )
     for name, tensor in info["tensors"].items():
         stdout.print(f"  tensor       {name} {tensor['shape']} {tensor['dtype']}")

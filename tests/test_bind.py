@@ -11,7 +11,7 @@ from conftest import write_image, write_manifest, write_wav
 from safetensors.torch import save_file
 
 from ibdc_cli import bind as bind_module
-from ibdc_cli.bind import bind_encoder, info_nce, partial_dir
+from ibdc_cli.bind import bind_encoder, class_mean_cosines, format_report, info_nce, partial_dir
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders.imagebind import build_model, load_encoder
@@ -81,6 +81,7 @@ def test_checkpoint_reproduces_the_trained_encoder(bound):
     assert info["centred"] and info["settings"]["temperature"] == 0.07 and info["ibdc_version"]
     assert info["manifest"]["sha256"] == read_manifest(manifest, ["image"]).sha256
     assert set(info["metrics"]["before"]["audio"]) >= {"r1_to_anchor", "r1_from_anchor", "cos_same_class"}
+    assert {"cos_class_means", "cos_class_means_other"} <= set(info["metrics"]["after"]["audio"])
     assert len(info["loss_history"]) == 2 and info["rows"] == {"train": 6, "held_out": 2}
 
 
@@ -224,3 +225,26 @@ def test_info_nce_label_positives():
     swapped = x[[1, 0, 3, 2, 5, 4]]
     assert torch.allclose(info_nce(x, swapped, 0.1, labels), info_nce(x, x, 0.1, labels))
     assert info_nce(x, x, 0.1) < info_nce(x, swapped, 0.1)
+
+
+def test_class_mean_cosine_sees_aligned_classes_that_the_row_cosine_misses():
+    # Anchor rows spread around their class direction (as a random tower's centred outputs are); bound
+    # rows exactly on it. The classes line up perfectly, yet the mean row-pair cosine is small.
+    g = torch.Generator().manual_seed(0)
+    classes, per_class, dim = 4, 400, 64
+    directions = torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=-1)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    z = directions[labels]
+    a = torch.nn.functional.normalize(directions[labels] + torch.randn(len(labels), dim, generator=g), dim=-1)
+    same = labels[:, None] == labels[None, :]
+    assert float((z @ a.T)[same].mean()) < 0.3
+    cosines = class_mean_cosines(z, a, labels)
+    assert cosines["cos_class_means"] > 0.9 and abs(cosines["cos_class_means_other"]) < 0.3
+    assert class_mean_cosines(z, z, labels)["cos_class_means"] == pytest.approx(1.0)
+
+
+def test_report_shows_row_and_class_mean_cosines(bound):
+    result, _ = bound
+    report = format_report(result)
+    assert "cosine, same class" in report and "cosine of class means, same class" in report
+    assert "cosine of class means, other classes" in report

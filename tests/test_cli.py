@@ -48,3 +48,17 @@ def test_demo_end_to_end_small(tmp_path, cli):
         )
     human = cli("demo", "--out", tmp_path, "--per-class", 8, "--seeds", 1, "--iterations", 5, "--dpc", 2)
     assert human.code == 0 and "whole training split" in human.out
+
+
+def test_condense_option_defaults_are_the_library_defaults():
+    """`ibdc condense` and `CondenseConfig` share one set of defaults (the CLI only parses options)."""
+    from dataclasses import fields
+
+    from ibdc_cli.condense import CondenseConfig
+
+    library = CondenseConfig(modalities=["image"])
+    options = {p.name: p.default for p in _click_command("condense").params}
+    shared = [f.name for f in fields(CondenseConfig) if f.name in options and f.name != "modalities"]
+    assert len(shared) > 20
+    for name in shared:
+        assert options[name] == getattr(library, name), f"--{name.replace('_', '-')}: CLI and library disagree"

@@ -53,10 +53,10 @@ def test_every_method_embedding_space(digits, tmp_path, cli, method, dpc):
     assert meta["settings"]["num_freqs"] == 256 and meta["class_names"][0] == "eight"
     if method in ("random", "herding", "kcenter"):
         assert meta["kind"] == "selection"
-        from ibdc_cli.condense import centred_space
+        from ibdc_cli.space import space_maps_of_set
 
-        real = centred_space(open_store(digits["train"]).load(["image"])["image"], tensors["center.image"])
-        # a selection holds real rows (mapped into the centred space), unchanged
+        real = space_maps_of_set(tensors, ["image"])["image"](open_store(digits["train"]).load(["image"])["image"])
+        # a selection holds real rows (mapped into the condensation space), unchanged
         assert all((real - row).abs().max(dim=1).values.min() < 1e-6 for row in tensors["image"])
     else:
         assert meta["kind"] == "synthetic" and len(meta["loss_history"]["total"]) == 6
@@ -373,10 +373,22 @@ def test_recorded_command_reproduces_the_set(digits, tmp_path, cli):
     import shlex
 
     out = tmp_path / "a.safetensors"
-    args = ["-m", "audio,image", "--dpc", 2, "--no-center", "--cf-reduction", "eq3", "--joint-form", "cf", *QUICK]
+    args = [
+        "-m",
+        "audio,image",
+        "--dpc",
+        2,
+        "--space-map",
+        "center",
+        "--cf-reduction",
+        "eq3",
+        "--joint-form",
+        "cf",
+        *QUICK,
+    ]
     assert cli("condense", digits["train"], *args, "--out", out).code == 0
     command = shlex.split(load_synthetic_set(out)[1]["command"])
-    assert command[:2] == ["ibdc", "condense"] and "--no-center" in command
+    assert command[:2] == ["ibdc", "condense"] and "--space-map" in command
     command[command.index("--out") + 1] = str(tmp_path / "b.safetensors")
     assert cli(*command[1:], "--device", "cpu").code == 0
     _same(out, tmp_path / "b.safetensors")

@@ -1,0 +1,491 @@
+"""The paper-style benchmark (SPEC §6, issue 5): av-digits with `imagebind_tiny`, linear protocol, 3 seeds.
+
+Parts (`--parts`, all by default):
+
+- `methods`: random, herding, kcenter, dm, avdd, imagebinddc × DPC 1, 10, 20 (`--dpcs`), mean ± std over
+  `--seeds` condensation seeds (seed s condenses with --seed s; each set is evaluated once with the linear
+  protocol's fixed schedule), the whole-data row (the same heads on every training row, `--seeds` head
+  seeds), and each condensation's wall time and peak memory (every condensation runs in a fresh forked
+  process, so its peak RSS is its own: torch's baseline included).
+- `ablation`: imagebinddc with the loss terms switched (uni, uni+cross, uni+joint, all) and the variants
+  (CFD reduction, cross/joint forms, frequency bank, the space map) at `--ablation-dpcs`.
+- `input`: imagebinddc and random real rows in model-input space (`--space input`, pixels + fbanks through
+  the frozen encoder) at DPC 1 and 10, evaluated with the `linear` and the `convnet` protocol.
+- `retrieval`: spoken-numbers (audio–text, no labels), 20 synthetic pairs vs 20 random real pairs vs the
+  whole training set, Recall@1/5/10 both ways.
+
+The `methods` and `ablation` parts run once per encoder in `--encoders`: `random` (the random-init
+imagebind_tiny of the demo stores) and `bound` (imagebind_tiny whose audio tower was bound to its frozen
+image tower on the av-digits train split by `ibdc bind`; `--bound-checkpoint` names it, else it is bound
+here with `--bind-epochs`). Only the bound encoder has an aligned space for the cross/joint terms.
+
+Run from the repository root; it writes a JSON file and, with `--write-docs`, the tables into
+docs/benchmarks.md between the `paper_table` markers:
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/paper_table.py --write-docs
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/paper_table.py --quick       # smoke run, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ibdc_cli.condense import CondenseConfig, condense
+from ibdc_cli.demo import cache_dir, ensure_demo_stores
+from ibdc_cli.evaluate import HeadSchedule, evaluate
+from ibdc_cli.store import INDEX_FILE, file_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["random", "herding", "kcenter", "dm", "avdd", "imagebinddc"]
+MODALITIES = ["audio", "image"]
+# (label, CondenseConfig overrides on top of the defaults)
+ABLATION = [
+    ("uni", {"lambda_cross": 0.0, "lambda_joint": 0.0}),
+    ("uni + cross", {"lambda_joint": 0.0}),
+    ("uni + joint", {"lambda_cross": 0.0}),
+    ("uni + cross + joint (default)", {}),
+    ("reduction eq3 (α=β=1)", {"cf_reduction": "eq3", "alpha": 1.0, "beta": 1.0}),
+    ("cross hybrid", {"cross_form": "hybrid"}),
+    ("joint paper-cos", {"joint_form": "paper-cos"}),
+    ("joint cf", {"joint_form": "cf"}),
+    ("fresh frequencies every step", {"freq_bank": 0}),
+    ("space map center", {"space_map": "center"}),
+    ("space map none", {"space_map": "none"}),
+]
+MARK_START, MARK_END = "<!-- paper_table:start -->", "<!-- paper_table:end -->"
+
+
+# ----------------------------------------------------------------------------------------------------
+# one condensation in a fresh process (its own peak memory)
+
+
+def _child(conn, store, out, config) -> None:
+    try:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+        result = condense(store, out, config, device="cpu", overwrite=True)
+        conn.send({"seconds": result.seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    except BaseException:  # noqa: BLE001 - report anything to the parent
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def condense_in_child(store: Path, out: Path, config: CondenseConfig) -> dict[str, float]:
+    """`condense(store, out, config)` in a forked process; returns its wall time and peak RSS (MiB)."""
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(child, str(store), str(out), config))
+    process.start()
+    child.close()
+    report = parent.recv()
+    process.join()
+    if "error" in report:
+        raise RuntimeError(f"condensation {out.name} failed:\n{report['error']}")
+    return report
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "runs": values,
+    }
+
+
+def cell(block: dict[str, Any] | None) -> str:
+    return "—" if not block else f"{block['mean']:.1f} ± {block['std']:.1f}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# stores
+
+
+def random_init_stores(per_class: int | None) -> dict[str, Path]:
+    return ensure_demo_stores(per_class=per_class)
+
+
+def bound_stores(args, demo: dict[str, Path]) -> tuple[dict[str, Path], Path]:
+    """av-digits embedded with the bound encoder (bound here when --bound-checkpoint is not given)."""
+    from ibdc_cli.embed import embed_manifest
+
+    checkpoint = Path(args.bound_checkpoint) if args.bound_checkpoint else None
+    if checkpoint is None:
+        from ibdc_cli.bind import bind_encoder
+
+        checkpoint = cache_dir() / "bound" / f"paper-table-{args.bind_epochs}ep.safetensors"
+        if not checkpoint.exists():
+            print(f"binding audio to image on av-digits train ({args.bind_epochs} epochs) -> {checkpoint}", flush=True)
+            bind_encoder(
+                demo["data"] / "train.csv",
+                ["image", "audio"],
+                "image",
+                checkpoint,
+                model="imagebind_tiny",
+                random_init=True,
+                epochs=args.bind_epochs,
+                label_positives=True,
+            )
+    root = (
+        cache_dir()
+        / "bound"
+        / f"stores-{file_sha256(checkpoint)[:12]}{'' if args.per_class is None else f'-{args.per_class}'}"
+    )
+    stores = {}
+    for split in ("train", "test"):
+        store = root / f"av-digits-{split}"
+        if not (store / INDEX_FILE).exists():
+            print(f"embedding av-digits {split} with the bound encoder -> {store}", flush=True)
+            embed_manifest(
+                demo["data"] / f"{split}.csv", ["image", "audio", "text"], store, checkpoint=checkpoint, resume=True
+            )
+        stores[split] = store
+    return stores, checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------
+# parts
+
+
+def run_sets(stores, work: Path, name: str, config_of, seeds: int, schedule: HeadSchedule, **eval_options):
+    """Condense one set per seed with `config_of(seed)`, evaluate each; accuracy summary + cost."""
+    accuracies, seconds, memory = [], [], []
+    for seed in range(seeds):
+        out = work / f"{name}-s{seed}.safetensors"
+        cost = condense_in_child(stores["train"], out, config_of(seed))
+        result = evaluate(out, stores["test"], seeds=1, schedule=schedule, **eval_options)
+        accuracies.append(result["mean"])
+        seconds.append(cost["seconds"])
+        memory.append(cost["peak_mib"])
+        out.unlink()
+    return {**summary(accuracies), "seconds": statistics.fmean(seconds), "peak_mib": max(memory)}
+
+
+def methods_part(stores, work, args, schedule) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        rows[method] = {}
+        for dpc in args.dpcs:
+
+            def config_of(seed, method=method, dpc=dpc):
+                settings = {"iterations": args.iterations} if args.iterations else {}
+                return CondenseConfig(modalities=MODALITIES, dpc=dpc, method=method, seed=seed, **settings)
+
+            rows[method][dpc] = run_sets(stores, work, f"{method}-{dpc}", config_of, args.seeds, schedule)
+            print(
+                f"  {method:12s} DPC {dpc:2d}: {cell(rows[method][dpc])}  ({rows[method][dpc]['seconds']:.1f} s)",
+                flush=True,
+            )
+    # the whole-data row: any set gives the class names and the space; use a quick random selection
+    out = work / "whole-ref.safetensors"
+    condense_in_child(stores["train"], out, CondenseConfig(modalities=MODALITIES, dpc=1, method="random"))
+    whole = evaluate(out, stores["test"], seeds=args.seeds, schedule=schedule, train_store=stores["train"])
+    out.unlink()
+    print(f"  whole data: {whole['whole_mean']:.1f} ± {whole['whole_std']:.1f}", flush=True)
+    return {
+        "rows": rows,
+        "whole": {"mean": whole["whole_mean"], "std": whole["whole_std"], "runs": whole["whole_runs"]},
+    }
+
+
+def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for label, overrides in ABLATION:
+        rows[label] = {}
+        for dpc in args.ablation_dpcs:
+
+            def config_of(seed, overrides=overrides, dpc=dpc):
+                settings = {"iterations": args.iterations} if args.iterations else {}
+                return CondenseConfig(modalities=MODALITIES, dpc=dpc, seed=seed, **settings, **overrides)
+
+            slug = "".join(ch if ch.isalnum() else "-" for ch in label)
+            rows[label][dpc] = run_sets(stores, work, f"abl-{slug}-{dpc}", config_of, args.seeds, schedule)
+            print(f"  {label:32s} DPC {dpc:2d}: {cell(rows[label][dpc])}", flush=True)
+    return {"rows": rows, "settings": {label: overrides for label, overrides in ABLATION}}
+
+
+def input_part(stores, work, args, schedule) -> dict[str, Any]:
+    """Input-space sets (pixels + fbanks) evaluated with the linear and the convnet protocol."""
+    rows: dict[str, dict[str, Any]] = {}
+    for method in ("random", "imagebinddc"):
+        for dpc in args.input_dpcs:
+            key = f"{method} DPC {dpc}"
+            rows[key] = {}
+            linear, convnet, seconds = [], [], []
+            for seed in range(args.seeds):
+                out = work / f"input-{method}-{dpc}-s{seed}.safetensors"
+                config = CondenseConfig(
+                    modalities=MODALITIES,
+                    dpc=dpc,
+                    method=method,
+                    space="input",
+                    seed=seed,
+                    iterations=args.input_iterations,
+                    real_batch=128,
+                )
+                cost = condense_in_child(stores["train"], out, config)
+                seconds.append(cost["seconds"])
+                linear.append(evaluate(out, stores["test"], seeds=1, schedule=schedule)["mean"])
+                convnet.append(evaluate(out, stores["test"], seeds=1, protocol="convnet")["mean"])
+                out.unlink()
+            rows[key] = {"linear": summary(linear), "convnet": summary(convnet), "seconds": statistics.fmean(seconds)}
+            print(
+                f"  input {key}: linear {cell(rows[key]['linear'])}, convnet {cell(rows[key]['convnet'])}", flush=True
+            )
+    return {"rows": rows, "iterations": args.input_iterations}
+
+
+def retrieval_part(work, args) -> dict[str, Any]:
+    """spoken-numbers: 20 synthetic pairs vs 20 random real pairs vs all training pairs."""
+    from ibdc_cli.data.benchmark import build_spoken_numbers
+    from ibdc_cli.embed import embed_manifest
+
+    root = cache_dir() / "spoken-numbers"
+    manifests = build_spoken_numbers(root / "data")
+    stores = {}
+    for split in ("train", "test"):
+        stores[split] = root / "stores" / f"spoken-numbers-{split}"
+        if not (stores[split] / INDEX_FILE).exists():
+            print(f"embedding spoken-numbers {split} -> {stores[split]}", flush=True)
+            embed_manifest(manifests[split], ["audio", "text"], stores[split], model="imagebind_tiny", resume=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for method in ("random", "imagebinddc"):
+        runs: list[dict[str, Any]] = []
+        for seed in range(args.seeds):
+            out = work / f"retrieval-{method}-s{seed}.safetensors"
+            config = CondenseConfig(modalities=["audio", "text"], dpc=args.pairs, method=method, seed=seed)
+            condense_in_child(stores["train"], out, config)
+            runs.append(evaluate(out, stores["test"], protocol="retrieval", seeds=1))
+            out.unlink()
+        metrics = [k for k, v in runs[0].items() if isinstance(v, dict) and "mean" in v]
+        rows[method] = {k: summary([r[k]["mean"] for r in runs]) for k in metrics}
+        print(f"  retrieval {method}: " + ", ".join(f"{k} {cell(rows[method][k])}" for k in metrics), flush=True)
+    whole = evaluate(
+        out_reference(work, stores), stores["test"], protocol="retrieval", seeds=args.seeds, train_store=stores["train"]
+    )
+    rows["whole"] = {
+        k: {"mean": v["whole_mean"], "std": v.get("whole_std", 0.0)}
+        for k, v in whole.items()
+        if isinstance(v, dict) and "whole_mean" in v
+    }
+    return {"rows": rows, "pairs": args.pairs}
+
+
+def out_reference(work: Path, stores) -> Path:
+    out = work / "retrieval-ref.safetensors"
+    if not out.exists():
+        condense_in_child(stores["train"], out, CondenseConfig(modalities=["audio", "text"], dpc=1, method="random"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; started {report['started']}, took {report['minutes']:.0f} min.  ",
+        f"Condensation defaults: {report['defaults']}.",
+        "",
+    ]
+    for encoder, parts in report["encoders"].items():
+        title = (
+            "random-init imagebind_tiny"
+            if encoder == "random"
+            else f"bound imagebind_tiny ({parts.get('checkpoint', '')})"
+        )
+        if "methods" in parts:
+            dpcs = report["dpcs"]
+            lines += [
+                f"### Methods, {title}",
+                "",
+                "Top-1 accuracy (%) on the av-digits test split, audio + image, linear "
+                f"protocol, mean ± std over {report['seeds']} condensation seeds.",
+                "",
+            ]
+            lines.append(
+                "| method | "
+                + " | ".join(f"DPC {d}" for d in dpcs)
+                + " | "
+                + " | ".join(f"s / MiB at DPC {d}" for d in dpcs)
+                + " |"
+            )
+            lines.append("|---" * (1 + 2 * len(dpcs)) + "|")
+            for method, by_dpc in parts["methods"]["rows"].items():
+                accs = " | ".join(cell(by_dpc[d]) for d in dpcs)
+                costs = " | ".join(f"{by_dpc[d]['seconds']:.1f} / {by_dpc[d]['peak_mib']:.0f}" for d in dpcs)
+                lines.append(f"| {method} | {accs} | {costs} |")
+            whole = parts["methods"]["whole"]
+            lines.append(
+                f"| whole data ({report['train_rows']} rows) | "
+                + " | ".join(cell(whole) for _ in dpcs)
+                + " |"
+                + " |" * len(dpcs)
+            )
+            ibdc = parts["methods"]["rows"]["imagebinddc"]
+            lines += [
+                "",
+                "imagebinddc as a share of whole data: "
+                + ", ".join(f"DPC {d} {100 * ibdc[d]['mean'] / whole['mean']:.1f} %" for d in dpcs)
+                + ".",
+                "",
+            ]
+        if "ablation" in parts:
+            adpcs = report["ablation_dpcs"]
+            lines += [
+                f"### Loss terms and variants, {title}",
+                "",
+                "imagebinddc with one setting changed from the defaults.",
+                "",
+            ]
+            lines.append("| variant | " + " | ".join(f"DPC {d}" for d in adpcs) + " |")
+            lines.append("|---" * (1 + len(adpcs)) + "|")
+            for label, by_dpc in parts["ablation"]["rows"].items():
+                lines.append(f"| {label} | " + " | ".join(cell(by_dpc[d]) for d in adpcs) + " |")
+            lines.append("")
+    if "input" in report:
+        lines += [
+            "### Input space (random-init imagebind_tiny)",
+            "",
+            f"Pixels + fbanks optimised through the frozen encoder ({report['input']['iterations']} iterations), "
+            "evaluated by embedding them (linear) and by training a ConvNet from scratch (convnet).",
+            "",
+            "| set | linear | convnet | condensation s |",
+            "|---|---|---|---|",
+        ]
+        for key, row in report["input"]["rows"].items():
+            lines.append(f"| {key} | {cell(row['linear'])} | {cell(row['convnet'])} | {row['seconds']:.0f} |")
+        lines.append("")
+    if "retrieval" in report:
+        rows = report["retrieval"]["rows"]
+        metrics = list(rows["random"])
+        lines += [
+            "### Retrieval on spoken-numbers (audio–text, random-init imagebind_tiny)",
+            "",
+            f"{report['retrieval']['pairs']} pairs; Recall@k (%) on the 200 test pairs.",
+            "",
+            "| set | " + " | ".join(metrics) + " |",
+            "|---" * (1 + len(metrics)) + "|",
+        ]
+        for name, label in (
+            ("random", f"{report['retrieval']['pairs']} random real pairs"),
+            ("imagebinddc", f"imagebinddc, {report['retrieval']['pairs']} pairs"),
+            ("whole", "whole training set"),
+        ):
+            lines.append(f"| {label} | " + " | ".join(cell(rows[name].get(m)) for m in metrics) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    doc = path.read_text()
+    block = f"{MARK_START}\n{text}\n{MARK_END}"
+    if MARK_START in doc:
+        doc = doc[: doc.index(MARK_START)] + block + doc[doc.index(MARK_END) + len(MARK_END) :]
+    else:
+        doc = doc.rstrip() + "\n\n## The paper table (`benchmarks/paper_table.py`)\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="methods,ablation,input,retrieval")
+    parser.add_argument("--encoders", default="random,bound", help="random, bound, or both")
+    parser.add_argument("--bound-checkpoint", help="a checkpoint from `ibdc bind` (else one is bound here)")
+    parser.add_argument("--bind-epochs", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--dpcs", default="1,10,20")
+    parser.add_argument("--ablation-dpcs", default="1,10")
+    parser.add_argument("--input-dpcs", default="1,10")
+    parser.add_argument("--input-iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, help="condensation steps (default: CondenseConfig's)")
+    parser.add_argument("--pairs", type=int, default=20, help="synthetic pairs in the retrieval part")
+    parser.add_argument("--per-class", type=int, help="rows per class and split of av-digits (smaller: quicker)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, DPC 1 and 2, few iterations")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "paper_table.json")
+    parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.dpcs, args.ablation_dpcs, args.input_dpcs = 1, "1,2", "1", "1"
+        args.iterations, args.input_iterations, args.per_class, args.pairs, args.bind_epochs = 5, 2, 20, 5, 1
+    args.dpcs = [int(d) for d in args.dpcs.split(",")]
+    args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",")]
+    args.input_dpcs = [int(d) for d in args.input_dpcs.split(",")]
+    parts = args.parts.split(",")
+    schedule = HeadSchedule()
+    started = time.time()
+    demo = random_init_stores(args.per_class)
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/paper_table.py", *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "defaults": ", ".join(
+            f"{k}={v}"
+            for k, v in vars(CondenseConfig(modalities=MODALITIES)).items()
+            if k
+            in (
+                "iterations",
+                "num_freqs",
+                "sigma",
+                "cf_reduction",
+                "cross_form",
+                "joint_form",
+                "freq_bank",
+                "space_map",
+                "real_batch",
+            )
+        ),
+        "seeds": args.seeds,
+        "dpcs": args.dpcs,
+        "ablation_dpcs": args.ablation_dpcs,
+        "train_rows": sum(json.loads((demo["train"] / INDEX_FILE).read_text())["rows_per_class"].values()),
+        "schedule": vars(schedule),
+        "encoders": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="ibdc-paper-") as tmp:
+        work = Path(tmp)
+        for encoder in args.encoders.split(","):
+            print(f"[{encoder} encoder]", flush=True)
+            if encoder == "random":
+                stores, entry = demo, {}
+            else:
+                stores, checkpoint = bound_stores(args, demo)
+                entry = {"checkpoint": str(checkpoint)}
+            if "methods" in parts:
+                entry["methods"] = methods_part(stores, work, args, schedule)
+            if "ablation" in parts:
+                entry["ablation"] = ablation_part(stores, work, args, schedule)
+            report["encoders"][encoder] = entry
+        if "input" in parts:
+            print("[input space]", flush=True)
+            report["input"] = input_part(demo, work, args, schedule)
+        if "retrieval" in parts:
+            print("[retrieval]", flush=True)
+            report["retrieval"] = retrieval_part(work, args)
+    report["minutes"] = (time.time() - started) / 60
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    text = markdown(report)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
+
+
+if __name__ == "__main__":
+    main()

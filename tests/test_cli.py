@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -46,8 +47,12 @@ def test_demo_end_to_end_small(tmp_path, cli):
         assert (
             0 <= r["mean"] <= 100 and r["whole_mean"] > 0 and r["ratio"] == pytest.approx(r["mean"] / r["whole_mean"])
         )
+        assert r["rows"] == 20 and r["condense_seconds"] >= 0
+    plot = Path(report["plot"])
+    assert plot.parent == tmp_path and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     human = cli("demo", "--out", tmp_path, "--per-class", 8, "--seeds", 1, "--iterations", 5, "--dpc", 2)
     assert human.code == 0 and "whole training split" in human.out
+    assert "condense time" in human.out and str(plot) in human.out
 
 
 def test_condense_option_defaults_are_the_library_defaults():

@@ -54,15 +54,16 @@ METHODS = ["random", "herding", "kcenter", "dm", "avdd", "imagebinddc"]
 MODALITIES = ["audio", "image"]
 # (label, CondenseConfig overrides on top of the defaults)
 ABLATION = [
-    ("uni", {"lambda_cross": 0.0, "lambda_joint": 0.0}),
-    ("uni + cross", {"lambda_joint": 0.0}),
-    ("uni + joint", {"lambda_cross": 0.0}),
-    ("uni + cross + joint (default)", {}),
-    ("reduction eq3 (α=β=1)", {"cf_reduction": "eq3", "alpha": 1.0, "beta": 1.0}),
-    ("cross hybrid", {"cross_form": "hybrid"}),
+    ("uni", {"joint_form": "none"}),
+    ("uni + cross (paper)", {"joint_form": "none", "cross_form": "paper"}),
+    ("uni + joint (cf): default", {}),
+    ("uni + cross (paper) + joint (cf)", {"cross_form": "paper"}),
+    ("uni + cross (paper) + joint (paper): the paper", {"cross_form": "paper", "joint_form": "paper"}),
     ("joint paper-cos", {"joint_form": "paper-cos"}),
-    ("joint cf", {"joint_form": "cf"}),
+    ("cross hybrid", {"cross_form": "hybrid"}),
+    ("reduction ncfm (authors' code)", {"cf_reduction": "ncfm"}),
     ("fresh frequencies every step", {"freq_bank": 0}),
+    ("σ = 0.5", {"sigma": 0.5}),
     ("space map center", {"space_map": "center"}),
     ("space map none", {"space_map": "none"}),
 ]
@@ -253,8 +254,9 @@ def retrieval_part(work, args) -> dict[str, Any]:
     from ibdc_cli.data.benchmark import build_spoken_numbers
     from ibdc_cli.embed import embed_manifest
 
-    root = cache_dir() / "spoken-numbers"
-    manifests = build_spoken_numbers(root / "data")
+    count = 60 if args.quick else None
+    root = cache_dir() / ("spoken-numbers" if count is None else f"spoken-numbers-{count}")
+    manifests = build_spoken_numbers(root / "data", count=count)
     stores = {}
     for split in ("train", "test"):
         stores[split] = root / "stores" / f"spoken-numbers-{split}"
@@ -295,6 +297,11 @@ def out_reference(work: Path, stores) -> Path:
 # report
 
 
+def at(by_dpc: dict, dpc: int) -> dict[str, Any]:
+    """A row's entry for `dpc` (JSON turns the int keys into strings)."""
+    return by_dpc[dpc] if dpc in by_dpc else by_dpc[str(dpc)]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Command: `{report['command']}`  ",
@@ -326,8 +333,8 @@ def markdown(report: dict[str, Any]) -> str:
             )
             lines.append("|---" * (1 + 2 * len(dpcs)) + "|")
             for method, by_dpc in parts["methods"]["rows"].items():
-                accs = " | ".join(cell(by_dpc[d]) for d in dpcs)
-                costs = " | ".join(f"{by_dpc[d]['seconds']:.1f} / {by_dpc[d]['peak_mib']:.0f}" for d in dpcs)
+                accs = " | ".join(cell(at(by_dpc, d)) for d in dpcs)
+                costs = " | ".join(f"{at(by_dpc, d)['seconds']:.1f} / {at(by_dpc, d)['peak_mib']:.0f}" for d in dpcs)
                 lines.append(f"| {method} | {accs} | {costs} |")
             whole = parts["methods"]["whole"]
             lines.append(
@@ -340,7 +347,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [
                 "",
                 "imagebinddc as a share of whole data: "
-                + ", ".join(f"DPC {d} {100 * ibdc[d]['mean'] / whole['mean']:.1f} %" for d in dpcs)
+                + ", ".join(f"DPC {d} {100 * at(ibdc, d)['mean'] / whole['mean']:.1f} %" for d in dpcs)
                 + ".",
                 "",
             ]
@@ -355,7 +362,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| variant | " + " | ".join(f"DPC {d}" for d in adpcs) + " |")
             lines.append("|---" * (1 + len(adpcs)) + "|")
             for label, by_dpc in parts["ablation"]["rows"].items():
-                lines.append(f"| {label} | " + " | ".join(cell(by_dpc[d]) for d in adpcs) + " |")
+                lines.append(f"| {label} | " + " | ".join(cell(at(by_dpc, d)) for d in adpcs) + " |")
             lines.append("")
     if "input" in report:
         lines += [
@@ -391,6 +398,21 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs of this script (e.g. one per encoder, run side by side)."""
+    merged = dict(reports[0])
+    merged["encoders"] = {}
+    for report in reports:
+        for encoder, parts in report["encoders"].items():
+            merged["encoders"].setdefault(encoder, {}).update(parts)
+        for part in ("input", "retrieval"):
+            if part in report:
+                merged[part] = report[part]
+    merged["command"] = "; ".join(dict.fromkeys(r["command"] for r in reports))
+    merged["minutes"] = max(r["minutes"] for r in reports)
+    return merged
+
+
 def write_docs(text: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     doc = path.read_text()
@@ -410,7 +432,7 @@ def main() -> None:
     parser.add_argument("--bind-epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dpcs", default="1,10,20")
-    parser.add_argument("--ablation-dpcs", default="1,10")
+    parser.add_argument("--ablation-dpcs", default="1")
     parser.add_argument("--input-dpcs", default="1,10")
     parser.add_argument("--input-iterations", type=int, default=50)
     parser.add_argument("--iterations", type=int, help="condensation steps (default: CondenseConfig's)")
@@ -419,7 +441,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, DPC 1 and 2, few iterations")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "paper_table.json")
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", help="only merge these JSON reports (parts run in parallel) and print them"
+    )
     args = parser.parse_args()
+    if args.render:
+        report = merge_reports([json.loads(path.read_text()) for path in args.render])
+        text = markdown(report)
+        print(text)
+        if args.write_docs:
+            write_docs(text)
+        return
     if args.quick:
         args.seeds, args.dpcs, args.ablation_dpcs, args.input_dpcs = 1, "1,2", "1", "1"
         args.iterations, args.input_iterations, args.per_class, args.pairs, args.bind_epochs = 5, 2, 20, 5, 1
@@ -458,6 +490,12 @@ def main() -> None:
         "schedule": vars(schedule),
         "encoders": {},
     }
+
+    def save() -> None:  # after every part, so a long run's finished parts are never lost
+        report["minutes"] = (time.time() - started) / 60
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
     with tempfile.TemporaryDirectory(prefix="ibdc-paper-") as tmp:
         work = Path(tmp)
         for encoder in args.encoders.split(","):
@@ -467,20 +505,21 @@ def main() -> None:
             else:
                 stores, checkpoint = bound_stores(args, demo)
                 entry = {"checkpoint": str(checkpoint)}
+            report["encoders"][encoder] = entry
             if "methods" in parts:
                 entry["methods"] = methods_part(stores, work, args, schedule)
+                save()
             if "ablation" in parts:
                 entry["ablation"] = ablation_part(stores, work, args, schedule)
-            report["encoders"][encoder] = entry
+                save()
         if "input" in parts:
             print("[input space]", flush=True)
             report["input"] = input_part(demo, work, args, schedule)
+            save()
         if "retrieval" in parts:
             print("[retrieval]", flush=True)
             report["retrieval"] = retrieval_part(work, args)
-    report["minutes"] = (time.time() - started) / 60
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1, default=str))
+    save()
     text = markdown(report)
     print(text)
     if args.write_docs:

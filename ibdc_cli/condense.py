@@ -20,7 +20,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -59,21 +59,21 @@ class CondenseConfig:
     dpc: int = 20
     method: str = "imagebinddc"
     space: str = "embedding"
-    iterations: int = 300
+    iterations: int = 150
     lr: float | None = None  # None: 0.05 in embedding space, 0.01 for model inputs
     optimizer: str = "adam"
     real_batch: int = 256  # real rows of a class per step; 0 = all
     num_freqs: int = 4096
     sigma: float = 1.0
-    cf_reduction: str = "ncfm"
+    cf_reduction: str = "eq3"
     alpha: float = 0.5
     beta: float = 0.5
     lambda_uni: float = 1.0
     lambda_cross: float = 1.0
     lambda_joint: float = 1.0
-    cross_form: str = "paper"
-    joint_form: str = "paper"
-    freq_bank: int = 0  # 0: fresh frequencies every step (the paper); B: B fixed draws, real CFs cached
+    cross_form: str = "none"  # the paper form measurably hurt (docs/benchmarks.md): opt in
+    joint_form: str = "cf"
+    freq_bank: int = 16  # B fixed draws with cached real CFs (0: fresh every step, the paper); not with convnet
     space_map: str = "whiten"  # the space of the store's embeddings that is matched: see ibdc_cli/space.py
     init: str = "real"
     seed: int = 0
@@ -119,8 +119,6 @@ class CondenseConfig:
                 raise IbdcError("--guide convnet optimises model inputs: use it with --space input")
             if "text" in self.modalities:
                 raise IbdcError("--guide convnet has no text network; drop text from --modalities")
-            if self.freq_bank:
-                raise IbdcError("--freq-bank caches real CFs, but the ConvNet guide is redrawn every step")
 
 
 @dataclass
@@ -160,6 +158,9 @@ def condense(
     out = Path(out)
     config.check()
     state = process_state(device)
+    if config.guide == "convnet" and config.freq_bank:
+        log("--guide convnet redraws its networks every step, so real CFs cannot be cached: --freq-bank 0", state)
+        config = replace(config, freq_bank=0)
     torch_device = resolve_device(state, device)
     store = open_store(store_path)
     if out.exists() and not overwrite:

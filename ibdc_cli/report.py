@@ -142,28 +142,26 @@ def print_synthetic(info: dict[str, Any]) -> None:
 
 
 def print_demo(result: dict[str, Any]) -> None:
-    """The demo's summary: where things are and a small results table a newcomer can read."""
+    """The demo's summary: where things are and a small results table a newcomer can read (80 columns)."""
     results = result["results"]
     first = next(iter(results.values()))
-    seeds = len(first["runs"])
     stdout.print("av-digits: images of handwritten digits paired with spoken digit names, 10 classes")
     stdout.print(f"  media and manifests  {result['data']}")
     stdout.print(f"  embedding stores     {result['train']} ({result['train_rows']} rows)  {result['test']}")
-    table = Table(
-        title=f"Accuracy of linear heads on audio + image embeddings, trained on each row's data and tested on "
-        f"the {first['test_rows']} real test rows",
-        title_justify="left",
+    stdout.print(
+        f"\nLinear heads on audio + image embeddings, trained on each row's data, tested on the "
+        f"{first['test_rows']} real test rows; accuracy is the mean ± std over {len(first['runs'])} seeds."
     )
-    table.add_column("training data")
+    table = Table()
+    table.add_column(f"training data (DPC {first['dpc']})")
     table.add_column("rows", justify="right")
-    table.add_column(f"test accuracy % (± std, {seeds} seeds)", justify="right")
-    table.add_column("share of whole data", justify="right")
-    table.add_column("condense time", justify="right")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("of whole", justify="right")
+    table.add_column("condense", justify="right")
     for method, r in results.items():
-        label = _DEMO_ROWS.get(method, (method,))[0]
         seconds = r.get("condense_seconds")
         table.add_row(
-            f"{label} (DPC {r['dpc']})",
+            _DEMO_ROWS.get(method, (method,))[0],
             str(r["rows"]),
             f"{r['mean']:.1f} ± {r['std']:.1f}",
             "–" if r.get("ratio") is None else f"{100 * r['ratio']:.0f} %",
@@ -177,21 +175,21 @@ def print_demo(result: dict[str, Any]) -> None:
         "–",
     )
     stdout.print(table)
-    stdout.print("What the rows are:")
     for method, r in results.items():
         label, meaning = _DEMO_ROWS.get(method, (method, f"made by `ibdc condense --method {method}`"))
         stdout.print(f"  {label:<22} {meaning.format(dpc=r['dpc'])}")
     stdout.print(f"  {'whole training split':<22} every real training row: the ceiling")
-    stdout.print("  share of whole data = accuracy / whole-data accuracy; chance is 10 %")
+    stdout.print(f"  {'of whole':<22} accuracy / whole-data accuracy (chance is 10 %)")
+    stdout.print(f"  {'condense':<22} wall time of `ibdc condense`")
     if result.get("plot"):
         stdout.print(
-            f"picture: {result['plot']} (per modality, real rows as dots and synthetic rows as big markers, "
-            "coloured by class, PCA; and the loss curves)"
+            f"\npicture: {result['plot']}\n  per modality: real rows as dots and synthetic rows as big markers, "
+            f"coloured by class ({result.get('projection', 'pca')}), and the loss curves"
         )
     stdout.print(f"next: ibdc inspect {first['synthetic_set']}")
 
 
 _DEMO_ROWS = {
-    "imagebinddc": ("ImageBindDC synthetic", "{dpc} examples per class optimised by `ibdc condense` (the method)"),
-    "random": ("random real rows", "{dpc} real training examples per class picked at random: the baseline to beat"),
+    "imagebinddc": ("ImageBindDC synthetic", "{dpc} examples per class made by ImageBindDC (the method)"),
+    "random": ("random real rows", "{dpc} real examples per class picked at random (the baseline)"),
 }

@@ -1,0 +1,659 @@
+"""Every command in README.md and docs/*.md is exercised, so the docs cannot drift from the CLI.
+
+How it works:
+
+- **Extraction.** The shell blocks of README.md and docs/*.md (```bash, sh, shell and console fences;
+  a console block's `$ ` prompts are stripped and its other lines are output) and indented (4-space)
+  command lines. Backslash continuations are joined, `# …` comments dropped, `a && b`, `a || b` and
+  `a; b` split into simple commands, `NAME=value` lines remembered and `$NAME` expanded. One test per
+  (file, line) that starts an ibdc command: `ibdc …`, `.venv/bin/ibdc …`, `python -m ibdc_cli …`,
+  `torchrun … -m ibdc_cli …`, `accelerate launch … ibdc …`, `scripts/*.sh`, `python benchmarks/*.py`.
+  The test id names the doc and line, e.g. `docs/commands.md:62`.
+- **Real runs.** `ibdc` commands run for real, in this process (`ibdc_cli.cli.main`), one temporary
+  working directory per document, in document order: a test first runs the commands above it in its
+  document (once per session), so a block that embeds, condenses and evaluates chains as a reader's
+  would. `$IBDC_STORE` is the small av-digits train store of the `digits` fixture, `$IBDC_CACHE` a
+  temporary directory, `$IBDC_CHECKPOINT` unset. The command must exit 0.
+- **Small settings.** Unless `IBDC_DOCS_SMALL=0` is set (then the commands run as written, for hours),
+  the options in `SMALL` are capped (`--iterations 2`, `--epochs 1` …) and added where absent, and
+  `--device cuda` becomes `--device cpu`. This is done here, not by the product: ibdc has no "small"
+  knob.
+- **Paths.** Placeholders and absolute paths of the docs are mapped by `PLACEHOLDERS` and `PREFIXES`
+  (`MANIFEST` → `data/av-digits/train.csv`, `/tmp/x` → `tmp/x`, `~/.cache/ibdc/x` → `cache/x`). An
+  input that a document uses but does not make (`stores/test`, `syn.safetensors`, …) is provided by
+  `PROVIDED` just before the command needs it.
+  An output that an earlier block already wrote is removed first (each block is an example a reader
+  may run again); an output written twice within one block is a doc bug and fails. A command followed
+  by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
+- **Parse-only** (`parse_only_reason`): commands that cannot run here are still checked against the
+  real parsers, so a renamed option fails the test: launchers (`torchrun`, `accelerate launch`, `srun`)
+  with their own argparse parsers and the ibdc part with ibdc's click command (`make_context`: option
+  names, choices, types); `scripts/*.sh` with `bash -n` and the ibdc commands inside them; benchmark
+  scripts by the options their argparse parsers define; `imagebind_huge` without `--random-init`
+  (needs Meta's weights) and commands on absolute cluster paths (`/shared`, `/models`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.exceptions import TyperException
+
+from ibdc_cli.cli import GLOBAL_FLAGS, _reorder_global_flags, app, main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_FENCES = {"bash", "sh", "shell", "console"}
+
+# subcommand -> {option: cap}: a larger value is lowered to the cap, an absent option is added with it.
+SMALL = {
+    "condense": {"--iterations": 2, "--num-freqs": 64, "--dpc": 2},
+    "evaluate": {"--seeds": 1, "--epochs": 10},
+    "bind": {"--epochs": 1},
+    "demo": {"--per-class": 3, "--seeds": 1, "--iterations": 2, "--dpc": 2},
+    "datasets av-digits": {"--per-class": 3},
+    "datasets spoken-numbers": {"--count": 10},
+}
+SMALL_PER_CLASS = SMALL["datasets av-digits"]["--per-class"]
+
+# Placeholder paths of the docs -> paths in the document's working directory.
+PLACEHOLDERS = {
+    "MANIFEST": "data/av-digits/train.csv",
+    "TEST_MANIFEST": "data/av-digits/test.csv",
+    "data/train.csv": "data/av-digits/train.csv",
+    "data/test.csv": "data/av-digits/test.csv",
+    "STORE": "stores/train",
+    "STORE/": "stores/train",
+    "TRAIN_STORE": "stores/train",
+    "TEST_STORE": "stores/test",
+    "TEST_STORE/": "stores/test",
+}
+# Absolute path prefixes of the docs -> the working directory ("cache/" stands for the default $IBDC_CACHE).
+PREFIXES = {"/tmp/": "tmp/", "~/.cache/ibdc/": "cache/", "/root/.cache/ibdc/": "cache/"}
+# Inputs a document may use without making them: copied from the session's small data, or made by an
+# ibdc command in the document's directory (after that command's own inputs are provided).
+PROVIDED = {
+    "data/av-digits": "small av-digits",
+    "cache/demo/av-digits": "small av-digits",
+    "stores/train": "digits train store",
+    "stores/test": "digits test store",
+    "syn.safetensors": "condense stores/train -m audio,image --dpc 2 --out syn.safetensors",
+    "input.safetensors": "condense stores/train -m image,audio --space input --dpc 1 --out input.safetensors",
+    "enc.safetensors": "bind data/av-digits/train.csv -m image,audio --anchor image --out enc.safetensors",
+}
+OUTPUT_PARAMS = {"out", "plot", "export"}
+CLUSTER_PATHS = ("/shared/", "/models/", "/scratch/", "/data/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# extraction
+
+
+@dataclass
+class Command:
+    doc: str  # "README.md", "docs/commands.md"
+    line: int  # where the command starts
+    block: int  # the block's number in its document
+    text: str  # the simple command, variables expanded
+    interrupted: bool = False  # a `# ^C` comment follows it in its block
+    env: dict[str, str] = field(default_factory=dict)
+
+
+COMMAND_START = re.compile(r"^([A-Za-z_]\w*=\S*\s+)*(ibdc|\S*/ibdc|\S*python3?|torchrun|accelerate|srun|\S*scripts/)\b")
+
+
+def _blocks(path: Path) -> list[tuple[bool, list[tuple[int, str]]]]:
+    """Shell blocks of a markdown file: (fenced, [(line number, line)]), prompts and output removed.
+
+    Indented blocks are runs of 4-space lines after a blank line; only their lines that start like a
+    command are kept (markdown also indents list text), with their backslash continuations.
+    """
+    blocks: list[tuple[bool, list[tuple[int, str]]]] = []
+    fence, current, indented, previous = None, None, None, ""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            if fence is None:
+                fence = (line[3:].strip().split() or [""])[0]
+                current = [] if fence in SHELL_FENCES else None
+            else:
+                if current:
+                    blocks.append((True, current))
+                fence, current = None, None
+            previous = line
+            continue
+        if fence is not None:
+            if current is None:
+                pass
+            elif fence != "console":
+                current.append((number, line))
+            elif line.startswith("$ "):
+                current.append((number, line[2:]))
+            elif current and current[-1][1].endswith("\\"):
+                current.append((number, line))
+            previous = line
+            continue
+        if indented and indented[-1][0] == number - 1 and indented[-1][1].endswith("\\"):
+            indented.append((number, line.strip()))  # a continuation line, however deep
+        elif (
+            line.startswith("    ") and not line.startswith("     ") and (indented is not None or not previous.strip())
+        ):
+            if indented is None:
+                indented = []
+                blocks.append((False, indented))
+            if COMMAND_START.match(line[4:]):
+                indented.append((number, line[4:]))
+        else:
+            indented = None
+        previous = line
+    return [(fenced, lines) for fenced, lines in blocks if lines]
+
+
+def _logical_lines(block: list[tuple[int, str]]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Join backslash continuations: (text, [(offset in text, line number)])."""
+    result, text, starts = [], "", []
+    for number, line in block:
+        starts.append((len(text), number))
+        if line.rstrip().endswith("\\"):
+            text += line.rstrip()[:-1] + " "
+            continue
+        text += line
+        result.append((text, starts))
+        text, starts = "", []
+    if text:
+        result.append((text, starts))
+    return result
+
+
+def _split_simple(text: str) -> list[tuple[int, str]]:
+    """Split at `&&`, `||`, `;`, `|` outside quotes and `$( )`; drop a `#` comment. [(offset, command)]."""
+    parts, start, i, quote, depth = [], 0, 0, None, 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif text.startswith("$(", i):
+            depth += 1
+            i += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif depth == 0 and c == "#" and (i == 0 or text[i - 1] in " \t"):
+            break
+        elif depth == 0 and text[i : i + 2] in ("&&", "||"):
+            parts.append((start, text[start:i]))
+            start = i + 2
+            i += 1
+        elif depth == 0 and c in ";|":
+            parts.append((start, text[start:i]))
+            start = i + 1
+        i += 1
+    parts.append((start, text[start:i]))
+    return [(offset + len(part) - len(part.lstrip()), part.strip()) for offset, part in parts if part.strip()]
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    """Enough of the shell's expansion for the docs: `$(which ibdc)`, `$((…))`, `$(…)`, `$NAME`, `${NAME}`."""
+    text = re.sub(r"\$\(\(.*?\)\)", "4", text)
+    text = re.sub(r"\$\(\s*which\s+ibdc\s*\)", "ibdc", text)
+    text = re.sub(r"\$\([^()]*\)", "value", text)
+    text = text.replace('"$@"', "").replace("$@", "")
+    # An unknown variable (a SLURM one, say) becomes 1: the launchers' numeric options accept it.
+    known = {"HOME": "~", "IBDC_CACHE": "~/.cache/ibdc", **variables}
+    return re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: known.get(m.group(1), "1"), text)
+
+
+ASSIGNMENT = re.compile(r"^(?:export\s+)?([A-Za-z_]\w*)=(\S*)$")
+
+
+def extract(path: Path) -> list[Command]:
+    return extract_from(path, str(path.relative_to(ROOT)))
+
+
+def extract_from(path: Path, doc: str | None = None) -> list[Command]:
+    doc = doc or path.name
+    commands: list[Command] = []
+    for block_number, (_, block) in enumerate(_blocks(path)):
+        variables: dict[str, str] = {}
+        for text, starts in _logical_lines(block):
+            if re.match(r"^\s*#.*\^C", text) and commands and commands[-1].block == block_number:
+                commands[-1].interrupted = True
+            for offset, simple in _split_simple(text):
+                expanded = _expand(simple, variables)
+                assignment = ASSIGNMENT.match(expanded)
+                if assignment:
+                    variables[assignment.group(1)] = assignment.group(2).strip("\"'")
+                    continue
+                words = shlex.split(expanded)
+                if classify(words) is None:
+                    continue
+                env = {}
+                for word in words:
+                    if not re.match(r"^[A-Za-z_]\w*=", word):
+                        break
+                    env[word.split("=", 1)[0]] = word.split("=", 1)[1]
+                line = max(number for start, number in starts if start <= offset)
+                commands.append(Command(doc, line, block_number, expanded, env=env))
+    return commands
+
+
+# ----------------------------------------------------------------------------------------------------
+# what kind of command
+
+
+PYTHON = re.compile(r"^(\S*/)?python3?(\.\d+)?$")
+
+
+def _is_ibdc(word: str) -> bool:
+    return word == "ibdc" or word.endswith("/ibdc")
+
+
+def classify(words: list[str]):
+    """(kind, words) with leading env assignments and `srun`/`exec` stripped, or None for other commands.
+
+    kind: "ibdc" (words = ibdc's argv), "torchrun", "accelerate" (words = the launcher's argv), "script",
+    "benchmark" (words = the full command), "bash" (words = the commands of `bash -c`).
+    """
+    while words and (re.match(r"^[A-Za-z_]\w*=", words[0]) or words[0] in ("srun", "exec", "time", "nohup")):
+        words = words[1:]
+    if not words:
+        return None
+    if _is_ibdc(words[0]):
+        return "ibdc", words[1:]
+    if PYTHON.match(words[0]) and words[1:3] == ["-m", "ibdc_cli"]:
+        return "ibdc", words[3:]
+    if words[0] == "torchrun" or (PYTHON.match(words[0]) and words[1:3] == ["-m", "torch.distributed.run"]):
+        return "torchrun", words[1 if words[0] == "torchrun" else 3 :]
+    if words[:2] == ["accelerate", "launch"]:
+        return "accelerate", words[2:]
+    if words[0] == "bash" and words[1:2] == ["-c"]:
+        inner = [classify(shlex.split(part)) for _, part in _split_simple(words[2])]
+        return ("bash", [c for c in inner if c]) if any(inner) else None
+    script = words[1] if words[0] in ("bash", "sh") and len(words) > 1 else words[0]
+    if re.match(r"^(\./)?scripts/[\w.-]+\.sh$", script):
+        return "script", words
+    if PYTHON.match(words[0]) and len(words) > 1 and re.match(r"^(\./)?benchmarks/[\w.-]+\.py$", words[1]):
+        return "benchmark", words
+    return None
+
+
+def parse_only_reason(kind: str, words: list[str]) -> str | None:
+    """Why a command is only parsed, not run (None: it runs)."""
+    if kind in ("torchrun", "accelerate", "bash"):
+        return "starts several processes through a launcher (GPUs, a rendezvous, SLURM)"
+    if kind == "script":
+        return "installs packages (pip, apt-get) or runs the whole test suite"
+    if kind == "benchmark":
+        return "a benchmark: minutes to hours, some need a GPU"
+    if "imagebind_huge" in words and "--random-init" not in words:
+        return "needs Meta's ImageBind-huge weights, which are not on this machine"
+    if any(w.startswith(CLUSTER_PATHS) for w in words):
+        return "uses a cluster's absolute paths"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# checking a command against the real parsers
+
+
+ROOT_COMMAND = typer.main.get_command(app)
+
+
+def resolve(argv: list[str]):
+    """ibdc's click command for `argv`: (command, its path like "datasets av-digits", its own args)."""
+    args = [a for a in _reorder_global_flags(argv) if a not in GLOBAL_FLAGS]
+    command, path = ROOT_COMMAND, []
+    while hasattr(command, "commands"):
+        assert args, f"`ibdc {' '.join(argv)}` names no command"
+        name = args.pop(0)
+        assert name in command.commands, f"ibdc has no command {' '.join([*path, name])!r}"
+        command, path = command.commands[name], [*path, name]
+    return command, " ".join(path), args
+
+
+def check_ibdc_parses(argv: list[str]) -> dict:
+    """Every option exists on its command and every value parses (names, choices, types); returns the
+    parsed parameters."""
+    command, path, args = resolve(argv)
+    options = {o: p for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("-")}
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--":
+            break
+        if arg.startswith("-") and not re.match(r"^-\d", arg):
+            name = arg.split("=", 1)[0]
+            assert name in options or name == "--help", f"`ibdc {path}` has no option {name}"
+            param = options.get(name)
+            skip = param is not None and "=" not in arg and not getattr(param, "is_flag", False)
+    try:
+        with command.make_context(f"ibdc {path}", list(args)) as ctx:
+            return dict(ctx.params)
+    except TyperException as exc:
+        pytest.fail(f"`ibdc {path} {' '.join(args)}`: {exc.format_message()}")
+
+
+def check_launcher(kind: str, args: list[str]) -> list[str]:
+    """Parse a launcher's argv with the launcher's own parser; returns ibdc's argv."""
+    if kind == "torchrun":
+        from torch.distributed.run import get_args_parser
+
+        parser = get_args_parser()
+    else:
+        from accelerate.commands.launch import launch_command_parser
+
+        parser = launch_command_parser()
+    parser.exit_on_error = False
+    try:
+        parsed = parser.parse_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        pytest.fail(f"{kind} rejects {' '.join(args)}: {exc}")
+    if parsed.module:
+        assert parsed.training_script == "ibdc_cli", f"{kind} runs module {parsed.training_script}, not ibdc_cli"
+    else:
+        assert _is_ibdc(parsed.training_script), f"{kind} runs {parsed.training_script}, not ibdc"
+    return list(parsed.training_script_args)
+
+
+def check_script(words: list[str]) -> None:
+    """A script exists, is executable, is valid bash, and the commands in it (and in the scripts it
+    calls) parse; the doc's arguments go where the script has "$@"."""
+    script_index = 1 if words[0] in ("bash", "sh") else 0
+    script = ROOT / words[script_index].removeprefix("./")
+    extra = words[script_index + 1 :]
+    assert script.is_file(), f"{script.relative_to(ROOT)} does not exist"
+    assert words[0] in ("bash", "sh") or os.access(script, os.X_OK), f"{script.name} is not executable"
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, f"{script.name}: {syntax.stderr}"
+    for line in script.read_text().splitlines():
+        for _, simple in _split_simple(line):
+            passes_args = "$@" in simple
+            found = classify(shlex.split(_expand(simple, {})))
+            if found is None:
+                continue
+            kind, inner = found
+            if kind == "script":
+                check_script(inner)
+            elif kind == "ibdc":
+                check_ibdc_parses(inner + (extra if passes_args else []))
+
+
+def check_benchmark(words: list[str]) -> None:
+    """A benchmark script exists and defines every option the doc passes (read from its argparse calls)."""
+    script = ROOT / words[1].removeprefix("./")
+    assert script.is_file(), f"{words[1]} does not exist"
+    defined = {"-h", "--help"}
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            defined |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    for arg in words[2:]:
+        if arg.startswith("-"):
+            assert arg.split("=", 1)[0] in defined, f"{words[1]} has no option {arg.split('=', 1)[0]}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# running a document's commands
+
+
+def small(argv: list[str]) -> list[str]:
+    """Cap the options in SMALL (IBDC_DOCS_SMALL=0 keeps the doc's own)."""
+    if os.environ.get("IBDC_DOCS_SMALL", "1") == "0":
+        return argv
+    argv = ["cpu" if i and argv[i - 1] == "--device" and a.startswith("cuda") else a for i, a in enumerate(argv)]
+    command, path, _ = resolve(argv)
+    caps = SMALL.get(path, {})
+    if not caps:
+        return argv
+    aliases = {o: p.opts[0] for p in command.params for o in p.opts}
+    argv, seen = list(argv), set()
+    for i, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        option = aliases.get(name)
+        if option in caps:
+            seen.add(option)
+            if inline:
+                argv[i] = f"{name}={min(int(inline), caps[option])}"
+            elif i + 1 < len(argv):
+                argv[i + 1] = str(min(int(argv[i + 1]), caps[option]))
+    return argv + [str(x) for option, cap in caps.items() if option not in seen for x in (option, cap)]
+
+
+def placeholders(argv: list[str]) -> list[str]:
+    def mapped(arg: str) -> str:
+        if arg in PLACEHOLDERS:
+            return PLACEHOLDERS[arg]
+        for prefix, replacement in PREFIXES.items():
+            if arg.startswith(prefix):
+                return replacement + arg.removeprefix(prefix)
+        return arg
+
+    return [mapped(a) for a in argv]
+
+
+@dataclass
+class Workspace:
+    """One document's working directory and what its commands did there."""
+
+    root: Path
+    done: dict[int, str | None] = field(default_factory=dict)  # command index -> None (ok) or the failure
+    written: dict[Path, int] = field(default_factory=dict)  # output -> block that wrote it
+
+
+class Runner:
+    def __init__(self, base: Path, sources: dict[str, Path], capsys, monkeypatch):
+        self.base, self.sources, self.capsys, self.monkeypatch = base, sources, capsys, monkeypatch
+
+    def run_ibdc(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
+        self.monkeypatch.chdir(cwd)
+        self.capsys.readouterr()
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = self.capsys.readouterr()
+        return code, out.out, out.err
+
+    def provide(self, params: dict, argv: list[str], workspace: Workspace) -> None:
+        """Copy or make each input named in `argv` that the document has not made yet."""
+        outputs = {str(params.get(name)) for name in OUTPUT_PARAMS if params.get(name) is not None}
+        for arg in argv:
+            if arg.startswith("-") or arg in outputs:
+                continue
+            for key, source in PROVIDED.items():
+                target = workspace.root / key
+                if (arg == key or arg.startswith(key + "/")) and not target.exists():
+                    if source in self.sources:
+                        shutil.copytree(self.sources[source], target)
+                    else:
+                        make = small(source.split())
+                        self.provide(check_ibdc_parses(make), make, workspace)
+                        code, out, err = self.run_ibdc(make, workspace.root)
+                        assert code == 0, f"providing {key} with `ibdc {' '.join(make)}` failed:\n{err[-3000:]}"
+
+    def run(self, command: Command, workspace: Workspace) -> None:
+        found = classify(shlex.split(command.text))
+        assert found is not None
+        kind, words = found
+        reason = parse_only_reason(kind, words)
+        if kind == "ibdc" and reason is None:
+            self.run_for_real(command, words, workspace)
+        elif kind == "ibdc":
+            check_ibdc_parses(words)
+        elif kind in ("torchrun", "accelerate"):
+            check_ibdc_parses(check_launcher(kind, words))
+        elif kind == "bash":
+            for inner_kind, inner in words:
+                if inner_kind == "ibdc":
+                    check_ibdc_parses(inner)
+                elif inner_kind in ("torchrun", "accelerate"):
+                    check_ibdc_parses(check_launcher(inner_kind, inner))
+        elif kind == "script":
+            check_script(words)
+        elif kind == "benchmark":
+            check_benchmark(words)
+
+    def run_for_real(self, command: Command, words: list[str], workspace: Workspace) -> None:
+        check_ibdc_parses(words)  # the doc's own settings, before they are made small
+        argv = small(placeholders(words))
+        params = check_ibdc_parses(argv)
+        self.provide(params, argv, workspace)
+        outputs = [workspace.root / str(params[n]) for n in OUTPUT_PARAMS if params.get(n) is not None]
+        if resolve(argv)[1] == "condense" and params.get("out") is None:
+            outputs.append(workspace.root / "syn.safetensors")  # condense's default --out
+        for out in outputs:
+            block = workspace.written.get(out)
+            assert block is None or block != command.block or "--resume" in argv or "--overwrite" in argv, (
+                f"{out.name} is written twice in one block"
+            )
+            if block is not None and block != command.block and "--resume" not in argv:
+                shutil.rmtree(out) if out.is_dir() else out.unlink(missing_ok=True)
+        for name, value in command.env.items():
+            if name.startswith("IBDC_"):
+                self.monkeypatch.setenv(name, value)
+        code, out, err = self.run_ibdc(argv, workspace.root)
+        assert code == 0, f"`ibdc {' '.join(argv)}` exited {code}\nstdout: {out[-2000:]}\nstderr: {err[-4000:]}"
+        for path in outputs:
+            workspace.written[path] = command.block
+            if command.interrupted:  # the doc shows this run interrupted: it leaves no output
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def runs_for_real(command: Command) -> bool:
+    kind, words = classify(shlex.split(command.text))
+    return kind == "ibdc" and parse_only_reason(kind, words) is None
+
+
+COMMANDS = {str(doc.relative_to(ROOT)): extract(doc) for doc in DOCS}
+# Lines with a command that runs for real are slow (they build small data and run the commands above them);
+# parse-only lines take milliseconds and stay in the quick subset.
+CASES = [
+    pytest.param(
+        doc,
+        line,
+        id=f"{doc}:{line}",
+        marks=[pytest.mark.slow] if any(runs_for_real(c) for c in COMMANDS[doc] if c.line == line) else [],
+    )
+    for doc, line in sorted({(doc, c.line) for doc, commands in COMMANDS.items() for c in commands})
+]
+
+
+@pytest.fixture(scope="session")
+def docs_sources(digits, tmp_path_factory) -> dict[str, Path]:
+    from ibdc_cli.data.benchmark import build_av_digits
+
+    data = tmp_path_factory.mktemp("docs-data") / "av-digits"
+    build_av_digits(data, per_class=SMALL_PER_CLASS)
+    return {"small av-digits": data, "digits train store": digits["train"], "digits test store": digits["test"]}
+
+
+@pytest.fixture(scope="session")
+def workspaces(tmp_path_factory) -> dict[str, Workspace]:
+    base = tmp_path_factory.mktemp("docs")
+    result = {}
+    for doc in COMMANDS:
+        root = base / doc.replace("/", "-").removesuffix(".md")
+        (root / "tmp").mkdir(parents=True)
+        result[doc] = Workspace(root)
+    return result
+
+
+@pytest.mark.parametrize(("doc", "line"), CASES)
+def test_doc_command(doc, line, workspaces, request, tmp_path_factory, capsys, monkeypatch):
+    commands = COMMANDS[doc]
+    if not any(runs_for_real(c) for c in commands if c.line == line):
+        runner = Runner(tmp_path_factory.getbasetemp(), {}, capsys, monkeypatch)
+        for command in commands:
+            if command.line == line:
+                runner.run(command, workspaces[doc])
+        return
+    digits = request.getfixturevalue("digits")
+    monkeypatch.setenv("IBDC_STORE", str(digits["train"]))
+    monkeypatch.setenv("IBDC_CACHE", str(tmp_path_factory.getbasetemp() / "docs-cache"))
+    monkeypatch.delenv("IBDC_CHECKPOINT", raising=False)
+    runner = Runner(tmp_path_factory.getbasetemp(), request.getfixturevalue("docs_sources"), capsys, monkeypatch)
+    workspace = workspaces[doc]
+    for index, command in enumerate(commands):
+        if command.line > line:
+            break
+        if index not in workspace.done:
+            try:
+                runner.run(command, workspace)
+                workspace.done[index] = None
+            except (Exception, pytest.fail.Exception) as exc:  # recorded for the commands below it
+                workspace.done[index] = f"{doc}:{command.line}: {exc}"
+                if command.line == line:
+                    raise
+        failure = workspace.done[index]
+        if failure is not None and command.line != line:
+            pytest.fail(f"an earlier command of {doc} failed, so this one cannot run: {failure[:500]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the machinery itself
+
+
+def test_the_docs_have_commands():
+    """The extraction finds the commands (a broken extractor would make every other test vacuous)."""
+    kinds = {classify(shlex.split(c.text))[0] for commands in COMMANDS.values() for c in commands}
+    assert {"ibdc", "torchrun", "accelerate", "script", "benchmark"} <= kinds
+    assert len(COMMANDS["README.md"]) >= 10
+
+
+def test_extraction_of_fences_prompts_indents_continuations_and_variables(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text(
+        "Text.\n\n```bash\n# a comment\nOUT=syn.safetensors\nibdc condense s -m audio,image \\\n"
+        '  --dpc 2 --out "$OUT"  # trailing\n[ -f x ] || srun torchrun --nproc_per_node 2 -m ibdc_cli embed m.csv\n'
+        "```\n\n```console\n$ ibdc inspect s\nwrote s\n```\n\n```python\nibdc = 1\n```\n\n"
+        "- a list item\n    ibdc not-a-block\n\n    OMP_NUM_THREADS=2 ibdc bind M -m image,audio \\\n"
+        "        --epochs 5 --out e.safetensors\n    not a command's line\n"
+    )
+    found = [(c.line, c.text, c.env) for c in extract_from(doc)]
+    assert found == [
+        (6, 'ibdc condense s -m audio,image    --dpc 2 --out "syn.safetensors"', {}),
+        (8, "srun torchrun --nproc_per_node 2 -m ibdc_cli embed m.csv", {}),
+        (12, "ibdc inspect s", {}),
+        (23, "OMP_NUM_THREADS=2 ibdc bind M -m image,audio  --epochs 5 --out e.safetensors", {"OMP_NUM_THREADS": "2"}),
+    ]
+
+
+def test_a_renamed_option_or_bad_value_fails():
+    check_ibdc_parses(["-q", "condense", "stores/train", "-m", "audio,image", "--dpc", "2", "--resume"])
+    with pytest.raises(AssertionError, match="has no option --iters"):
+        check_ibdc_parses(["condense", "stores/train", "--iters", "5"])
+    with pytest.raises(pytest.fail.Exception, match="dpc"):
+        check_ibdc_parses(["condense", "stores/train", "--dpc", "many"])
+    with pytest.raises(AssertionError, match="no command 'condence'"):
+        check_ibdc_parses(["condence"])
+    assert check_launcher("torchrun", ["--nproc_per_node", "2", "-m", "ibdc_cli", "embed", "--x"]) == ["embed", "--x"]
+    with pytest.raises(pytest.fail.Exception, match="torchrun rejects"):
+        check_launcher("torchrun", ["--nproc_per_nodes", "2", "-m", "ibdc_cli", "embed"])
+    with pytest.raises(AssertionError, match="has no option --precison"):
+        check_benchmark(["python", "benchmarks/gpu_imagebind_huge.py", "--precison", "bf16"])
+
+
+def test_small_settings_cap_and_add_options(monkeypatch):
+    monkeypatch.delenv("IBDC_DOCS_SMALL", raising=False)
+    assert small(["condense", "s", "-m", "audio", "--iterations", "300", "--device", "cuda:1"]) == [
+        "condense", "s", "-m", "audio", "--iterations", "2", "--device", "cpu", "--num-freqs", "64", "--dpc", "2",
+    ]  # fmt: skip
+    assert small(["datasets", "av-digits", "d", "--per-class=1"]) == ["datasets", "av-digits", "d", "--per-class=1"]
+    assert placeholders(["bind", "MANIFEST", "--out", "/tmp/e.safetensors"]) == [
+        "bind", "data/av-digits/train.csv", "--out", "tmp/e.safetensors",
+    ]  # fmt: skip
+    monkeypatch.setenv("IBDC_DOCS_SMALL", "0")
+    assert small(["bind", "m.csv", "--epochs", "30"]) == ["bind", "m.csv", "--epochs", "30"]

@@ -386,7 +386,7 @@ def imagebinddc_loss(
 
     Returns:
         ``{"uni", "cross", "joint", "total"}`` scalars; the terms unweighted, ``total`` weighted. A term
-        whose lambda is 0 or whose form is ``"none"`` is not computed and reported as 0.
+        whose lambda is 0 or whose form is ``"none"``, or a paired term given one modality, is reported as 0.
     """
     if cross_form not in CROSS_FORMS:
         raise ValueError(f"unknown cross form {cross_form!r}; choose one of {CROSS_FORMS}")
@@ -396,6 +396,8 @@ def imagebinddc_loss(
     needs_freqs = lambda_uni != 0 or (lambda_cross != 0 and cross_form == "hybrid")
     if needs_freqs and freqs is None:
         raise ValueError("freqs is required for the uni-modal term and the hybrid cross-modal term")
+    if len(_modalities(real, syn)) < 2:  # the paired terms need two modalities; with one there is only uni
+        lambda_cross = lambda_joint = 0.0
     if lambda_joint != 0 and joint_form == "cf" and freqs_joint is None:
         raise ValueError("freqs_joint is required for joint_form='cf'")
 

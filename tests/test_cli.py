@@ -52,7 +52,7 @@ def test_demo_end_to_end_small(tmp_path, cli):
     assert plot.parent == tmp_path and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     human = cli("demo", "--out", tmp_path, "--per-class", 8, "--seeds", 1, "--iterations", 5, "--dpc", 2)
     assert human.code == 0 and "whole training split" in human.out
-    assert "condense time" in human.out and str(plot) in human.out
+    assert "accuracy %" in human.out and "condense" in human.out and str(plot) in human.out
 
 
 def test_condense_option_defaults_are_the_library_defaults():

@@ -57,13 +57,14 @@ SHELL_FENCES = {"bash", "sh", "shell", "console"}
 
 # subcommand -> {option: cap}: a larger value is lowered to the cap, an absent option is added with it.
 SMALL = {
-    "condense": {"--iterations": 2, "--num-freqs": 64, "--dpc": 2},
+    "condense": {"--iterations": 2, "--num-freqs": 64, "--dpc": 2, "--clusters": 2},
     "evaluate": {"--seeds": 1, "--epochs": 10},
     "bind": {"--epochs": 1},
     "demo": {"--per-class": 3, "--seeds": 1, "--iterations": 2, "--dpc": 2},
     "datasets av-digits": {"--per-class": 3},
-    "datasets spoken-numbers": {"--count": 10},
+    "datasets spoken-numbers": {"--count": 20},
 }
+CAP_ONLY = {"--clusters"}  # lowered where given, never added
 SMALL_PER_CLASS = SMALL["datasets av-digits"]["--per-class"]
 
 # Placeholder paths of the docs -> paths in the document's working directory.
@@ -85,6 +86,8 @@ PREFIXES = {"/tmp/": "tmp/", "~/.cache/ibdc/": "cache/", "/root/.cache/ibdc/": "
 PROVIDED = {
     "data/av-digits": "small av-digits",
     "cache/demo/av-digits": "small av-digits",
+    "data/sn": "small spoken-numbers",
+    "data/spoken-numbers": "small spoken-numbers",
     "stores/train": "digits train store",
     "stores/test": "digits test store",
     "syn.safetensors": "condense stores/train -m audio,image --dpc 2 --out syn.safetensors",
@@ -428,7 +431,8 @@ def small(argv: list[str]) -> list[str]:
                 argv[i] = f"{name}={min(int(inline), caps[option])}"
             elif i + 1 < len(argv):
                 argv[i + 1] = str(min(int(argv[i + 1]), caps[option]))
-    return argv + [str(x) for option, cap in caps.items() if option not in seen for x in (option, cap)]
+    added = [option for option in caps if option not in seen and option not in CAP_ONLY]
+    return argv + [str(x) for option in added for x in (option, caps[option])]
 
 
 def placeholders(argv: list[str]) -> list[str]:
@@ -453,8 +457,10 @@ class Workspace:
 
 
 class Runner:
-    def __init__(self, base: Path, sources: dict[str, Path], capsys, monkeypatch):
-        self.base, self.sources, self.capsys, self.monkeypatch = base, sources, capsys, monkeypatch
+    """Runs one document's commands: ibdc in this process, the rest against their parsers."""
+
+    def __init__(self, sources: dict[str, Path], capsys, monkeypatch):
+        self.sources, self.capsys, self.monkeypatch = sources, capsys, monkeypatch
 
     def run_ibdc(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
         self.monkeypatch.chdir(cwd)
@@ -553,11 +559,17 @@ CASES = [
 
 @pytest.fixture(scope="session")
 def docs_sources(digits, tmp_path_factory) -> dict[str, Path]:
-    from ibdc_cli.data.benchmark import build_av_digits
+    from ibdc_cli.data.benchmark import build_av_digits, build_spoken_numbers
 
-    data = tmp_path_factory.mktemp("docs-data") / "av-digits"
-    build_av_digits(data, per_class=SMALL_PER_CLASS)
-    return {"small av-digits": data, "digits train store": digits["train"], "digits test store": digits["test"]}
+    base = tmp_path_factory.mktemp("docs-data")
+    build_av_digits(base / "av-digits", per_class=SMALL_PER_CLASS)
+    build_spoken_numbers(base / "spoken-numbers", count=SMALL["datasets spoken-numbers"]["--count"])
+    return {
+        "small av-digits": base / "av-digits",
+        "small spoken-numbers": base / "spoken-numbers",
+        "digits train store": digits["train"],
+        "digits test store": digits["test"],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -575,7 +587,7 @@ def workspaces(tmp_path_factory) -> dict[str, Workspace]:
 def test_doc_command(doc, line, workspaces, request, tmp_path_factory, capsys, monkeypatch):
     commands = COMMANDS[doc]
     if not any(runs_for_real(c) for c in commands if c.line == line):
-        runner = Runner(tmp_path_factory.getbasetemp(), {}, capsys, monkeypatch)
+        runner = Runner({}, capsys, monkeypatch)
         for command in commands:
             if command.line == line:
                 runner.run(command, workspaces[doc])
@@ -584,7 +596,7 @@ def test_doc_command(doc, line, workspaces, request, tmp_path_factory, capsys, m
     monkeypatch.setenv("IBDC_STORE", str(digits["train"]))
     monkeypatch.setenv("IBDC_CACHE", str(tmp_path_factory.getbasetemp() / "docs-cache"))
     monkeypatch.delenv("IBDC_CHECKPOINT", raising=False)
-    runner = Runner(tmp_path_factory.getbasetemp(), request.getfixturevalue("docs_sources"), capsys, monkeypatch)
+    runner = Runner(request.getfixturevalue("docs_sources"), capsys, monkeypatch)
     workspace = workspaces[doc]
     for index, command in enumerate(commands):
         if command.line > line:

@@ -264,7 +264,7 @@ def retrieval_part(work, args) -> dict[str, Any]:
             print(f"embedding spoken-numbers {split} -> {stores[split]}", flush=True)
             embed_manifest(manifests[split], ["audio", "text"], stores[split], model="imagebind_tiny", resume=True)
     # 20 random real pairs (one pseudo-class) vs imagebinddc with 20 k-means pseudo-classes x 1 pair: the
-    # single-class variant did not beat random pairs on a validation split of train (docs/commands.md)
+    # single-class variant did not beat random pairs on a validation split of train (docs/commands/evaluate.md)
     settings = {
         "random": {"method": "random", "dpc": args.pairs},
         "imagebinddc": {"method": "imagebinddc", "dpc": 1, "clusters": args.pairs},
@@ -294,6 +294,10 @@ def out_reference(work: Path, stores) -> Path:
 
 # ----------------------------------------------------------------------------------------------------
 # report
+
+
+def has(by_dpc: dict, dpc: int) -> bool:
+    return dpc in by_dpc or str(dpc) in by_dpc
 
 
 def at(by_dpc: dict, dpc: int) -> dict[str, Any]:
@@ -361,7 +365,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| variant | " + " | ".join(f"DPC {d}" for d in adpcs) + " |")
             lines.append("|---" * (1 + len(adpcs)) + "|")
             for label, by_dpc in parts["ablation"]["rows"].items():
-                lines.append(f"| {label} | " + " | ".join(cell(at(by_dpc, d)) for d in adpcs) + " |")
+                cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in adpcs]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
     if "input" in report:
         lines += [
@@ -404,12 +409,22 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from several runs of this script (e.g. one per encoder, run side by side)."""
     merged = dict(reports[0])
     merged["encoders"] = {}
+    dpcs = set()
     for report in reports:
         for encoder, parts in report["encoders"].items():
-            merged["encoders"].setdefault(encoder, {}).update(parts)
+            entry = merged["encoders"].setdefault(encoder, {})
+            for name, part in parts.items():
+                if name == "ablation" and "ablation" in entry:  # the same rows at other DPCs
+                    for label, by_dpc in part["rows"].items():
+                        entry["ablation"]["rows"].setdefault(label, {}).update(by_dpc)
+                else:
+                    entry[name] = part
+        if any("ablation" in parts for parts in report["encoders"].values()):
+            dpcs.update(report["ablation_dpcs"])
         for part in ("input", "retrieval"):
             if part in report:
                 merged[part] = report[part]
+    merged["ablation_dpcs"] = sorted(dpcs)
     merged["command"] = "; ".join(dict.fromkeys(r["command"] for r in reports))
     merged["minutes"] = max(r["minutes"] for r in reports)
     return merged

@@ -36,7 +36,7 @@ HEADS = ("linear", "mlp")
 
 @dataclass
 class RetrievalSchedule:
-    """The fixed training schedule of the projection heads, chosen a priori (see docs/commands.md).
+    """The fixed training schedule of the projection heads, chosen a priori (see docs/commands/evaluate.md).
 
     Full-batch up to `batch_size` pairs (in-batch negatives), Adam. The same schedule trains on 20
     synthetic pairs and on the whole training store, so the ratio compares data, not schedules.

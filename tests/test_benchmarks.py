@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,31 @@ def test_gpu_script_runs_tiny_on_cpu():
     assert report["preset"] == "imagebind_tiny" and report["device"] == "CPU"
     assert [row["dpc"] for row in report["rows"]] == [1, 2]
     assert all(row["seconds_per_class_step"] > 0 and row["peak_memory_gib"] > 0 for row in report["rows"])
+    assert [row["modality"] for row in report["embed"]] == ["image", "audio", "text"]
+    assert all(row["rows_per_second"] > 0 for row in report["embed"])
+
+
+@pytest.mark.slow
+def test_paper_table_quick_runs_and_renders(tmp_path):
+    """The paper-table script end to end on tiny settings: every method and ablation row, then --render."""
+    out = tmp_path / "table.json"
+    env = {**os.environ, "IBDC_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--quick", "--parts", "methods,ablation"]
+    command += ["--encoders", "random", "--dpcs", "1", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    entry = report["encoders"]["random"]
+    assert set(entry["methods"]["rows"]) == {"random", "herding", "kcenter", "dm", "avdd", "imagebinddc"}
+    assert all(0 <= row["1"]["mean"] <= 100 and row["1"]["seconds"] > 0 for row in entry["methods"]["rows"].values())
+    assert 0 < entry["methods"]["whole"]["mean"] <= 100 and len(entry["ablation"]["rows"]) >= 10
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--render", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rendered.returncode == 0 and "| imagebinddc |" in rendered.stdout and "whole data" in rendered.stdout
 
 
 @pytest.mark.slow

@@ -1,14 +1,16 @@
-"""Every command in README.md and docs/*.md is exercised, so the docs cannot drift from the CLI.
+"""Every command in README.md, docs/*.md and docs/commands/*.md is exercised, so the docs cannot drift
+from the CLI.
 
 How it works:
 
-- **Extraction.** The shell blocks of README.md and docs/*.md (```bash, sh, shell and console fences;
-  a console block's `$ ` prompts are stripped and its other lines are output) and indented (4-space)
-  command lines. Backslash continuations are joined, `# …` comments dropped, `a && b`, `a || b` and
-  `a; b` split into simple commands, `NAME=value` lines remembered and `$NAME` expanded. One test per
-  (file, line) that starts an ibdc command: `ibdc …`, `.venv/bin/ibdc …`, `python -m ibdc_cli …`,
-  `torchrun … -m ibdc_cli …`, `accelerate launch … ibdc …`, `scripts/*.sh`, `python benchmarks/*.py`.
-  The test id names the doc and line, e.g. `docs/commands.md:62`.
+- **Extraction.** The shell blocks of README.md, docs/*.md and docs/commands/*.md (```bash, sh, shell
+  and console fences; a console block's `$ ` prompts are stripped and its other lines are output) and
+  indented (4-space) command lines. Backslash continuations are joined, `# …` comments dropped,
+  `a && b`, `a || b` and `a; b` split into simple commands, `NAME=value` lines remembered and `$NAME`
+  expanded. One test per (file, line) that starts an ibdc command: `ibdc …`, `.venv/bin/ibdc …`,
+  `python -m ibdc_cli …`, `torchrun … -m ibdc_cli …`, `accelerate launch … ibdc …`, `scripts/*.sh`,
+  `python benchmarks/*.py`.
+  The test id names the doc and line, e.g. `docs/commands/condense.md:9`.
 - **Real runs.** `ibdc` commands run for real, in this process (`ibdc_cli.cli.main`), one temporary
   working directory per document, in document order: a test first runs the commands above it in its
   document (once per session), so a block that embeds, condenses and evaluates chains as a reader's
@@ -52,7 +54,7 @@ from typer.exceptions import TyperException
 from ibdc_cli.cli import GLOBAL_FLAGS, _reorder_global_flags, app, main
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "commands").glob("*.md"))]
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 
 # subcommand -> {option: cap}: a larger value is lowered to the cap, an absent option is added with it.
@@ -104,7 +106,7 @@ CLUSTER_PATHS = ("/shared/", "/models/", "/scratch/", "/data/")
 
 @dataclass
 class Command:
-    doc: str  # "README.md", "docs/commands.md"
+    doc: str  # "README.md", "docs/commands.md", "docs/commands/embed.md"
     line: int  # where the command starts
     block: int  # the block's number in its document
     text: str  # the simple command, variables expanded

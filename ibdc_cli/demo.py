@@ -18,10 +18,6 @@ DEMO_MODALITIES = ["image", "audio", "text"]
 DEMO_MODEL = "imagebind_tiny"
 DEMO_METHODS = ("imagebinddc", "random")  # the method, and the baseline every condensation must beat
 DEMO_CONDENSED = ("audio", "image")
-# The demo's one departure from condense's defaults, so that it runs in under 10 minutes on a 2-core CPU:
-# K = 4096 frequencies cost 0.35 s per class-step there (about 17 min for 300 iterations x 10 classes,
-# measured on the demo store under load 5), K = 1024 cost 0.03 s.
-DEMO_NUM_FREQS = 1024
 # t-SNE shows the class clusters that PCA of the whitened space hides (its two axes hold ~2 % of the
 # variance); it adds about a minute on a 2-core CPU.
 DEMO_PROJECTION = "tsne"
@@ -93,7 +89,7 @@ def run_demo(
     whole = None
     for method in DEMO_METHODS:
         out = root / f"{method}-dpc{dpc}.safetensors"
-        config = CondenseConfig(modalities=list(DEMO_CONDENSED), dpc=dpc, method=method, num_freqs=DEMO_NUM_FREQS)
+        config = CondenseConfig(modalities=list(DEMO_CONDENSED), dpc=dpc, method=method)
         if iterations is not None:
             config.iterations = iterations
         if not out.exists():

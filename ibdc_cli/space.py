@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 SPACE_MAPS = ("whiten", "center", "none")
+# The covariance of D <= a few thousand dimensions is well estimated from this many rows; larger stores
+# are subsampled (seeded, so the map is deterministic) to bound the fit's memory and time.
+MAX_COVARIANCE_ROWS = 200_000
 
 
 @dataclass
@@ -60,13 +63,15 @@ def fit_space_map(x: torch.Tensor, kind: str) -> SpaceMap | None:
     """The map of `kind` fitted to a store's embeddings `x` `[N, D]`; None for "none"."""
     if kind == "none":
         return None
-    x = x.double()
-    center = x.mean(0)
+    center = x.mean(0, dtype=torch.float64)
     if kind == "center":
         return SpaceMap(center.float())
     from sklearn.covariance import LedoitWolf
 
-    covariance = torch.from_numpy(LedoitWolf(assume_centered=True).fit((x - center).numpy()).covariance_)
+    if len(x) > MAX_COVARIANCE_ROWS:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_COVARIANCE_ROWS]]
+    centred = (x.double() - center).numpy()
+    covariance = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred).covariance_)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     whitening = eigenvectors @ torch.diag(eigenvalues.clamp_min(1e-12).rsqrt()) @ eigenvectors.T
     return SpaceMap(center.float(), whitening.float())

@@ -64,3 +64,15 @@ def test_none_leaves_unit_vectors_alone_and_maps_round_trip_through_set_tensors(
     assert torch.allclose(maps["audio"](x), fitted(x))
     assert torch.allclose(map_embeddings(x, maps["audio"]).norm(dim=-1), torch.ones(len(x)))
     assert isinstance(maps["audio"], SpaceMap)
+
+
+def test_a_large_store_is_fitted_on_a_seeded_subsample_close_to_the_full_fit(monkeypatch):
+    import ibdc_cli.space as space
+
+    x = _anisotropic(n=4000)
+    full = fit_space_map(x, "whiten")
+    monkeypatch.setattr(space, "MAX_COVARIANCE_ROWS", 2000)
+    sub, again = fit_space_map(x, "whiten"), fit_space_map(x, "whiten")
+    assert torch.equal(sub.whitening, again.whitening)  # deterministic
+    assert torch.equal(sub.center, full.center)  # the mean always uses every row
+    assert F.cosine_similarity(sub(x), full(x)).mean() > 0.95

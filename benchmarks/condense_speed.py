@@ -316,8 +316,9 @@ def measure_accuracy(args: argparse.Namespace) -> dict:
     set_quiet(True)
     stores = ensure_demo_stores()
     variants = {
-        "unbounded (real_batch=0)": {"real_batch": 0},
-        f"bounded (real_batch={args.accuracy_real_batch})": {"real_batch": args.accuracy_real_batch},
+        # fresh frequencies every step unless the variant is the bank (the default now has a bank of 16)
+        "unbounded (real_batch=0)": {"real_batch": 0, "freq_bank": 0},
+        f"bounded (real_batch={args.accuracy_real_batch})": {"real_batch": args.accuracy_real_batch, "freq_bank": 0},
         f"frequency bank (freq_bank={args.bank})": {"freq_bank": args.bank},
     }
     overrides = {}

@@ -46,7 +46,7 @@ import torch
 
 from ibdc_cli.condense import CondenseConfig, condense
 from ibdc_cli.demo import cache_dir, ensure_demo_stores
-from ibdc_cli.evaluate import HeadSchedule, evaluate
+from ibdc_cli.evaluate import HeadSchedule, evaluate, summarize_runs
 from ibdc_cli.store import INDEX_FILE, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,14 +97,6 @@ def condense_in_child(store: Path, out: Path, config: CondenseConfig) -> dict[st
     if "error" in report:
         raise RuntimeError(f"condensation {out.name} failed:\n{report['error']}")
     return report
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        "runs": values,
-    }
 
 
 def cell(block: dict[str, Any] | None) -> str:
@@ -172,7 +164,7 @@ def run_sets(stores, work: Path, name: str, config_of, seeds: int, schedule: Hea
         seconds.append(cost["seconds"])
         memory.append(cost["peak_mib"])
         out.unlink()
-    return {**summary(accuracies), "seconds": statistics.fmean(seconds), "peak_mib": max(memory)}
+    return {**summarize_runs(accuracies), "seconds": statistics.fmean(seconds), "peak_mib": max(memory)}
 
 
 def methods_part(stores, work, args, schedule) -> dict[str, Any]:
@@ -242,7 +234,11 @@ def input_part(stores, work, args, schedule) -> dict[str, Any]:
                 linear.append(evaluate(out, stores["test"], seeds=1, schedule=schedule)["mean"])
                 convnet.append(evaluate(out, stores["test"], seeds=1, protocol="convnet")["mean"])
                 out.unlink()
-            rows[key] = {"linear": summary(linear), "convnet": summary(convnet), "seconds": statistics.fmean(seconds)}
+            rows[key] = {
+                "linear": summarize_runs(linear),
+                "convnet": summarize_runs(convnet),
+                "seconds": statistics.fmean(seconds),
+            }
             print(
                 f"  input {key}: linear {cell(rows[key]['linear'])}, convnet {cell(rows[key]['convnet'])}", flush=True
             )
@@ -277,7 +273,7 @@ def retrieval_part(work, args) -> dict[str, Any]:
             condense_in_child(stores["train"], out, CondenseConfig(modalities=["audio", "text"], seed=seed, **options))
             runs.append(evaluate(out, stores["test"], protocol="retrieval", seeds=1)["metrics"])
             out.unlink()
-        rows[name] = {k: summary([r[k]["mean"] for r in runs]) for k in runs[0]}
+        rows[name] = {k: summarize_runs([r[k]["mean"] for r in runs]) for k in runs[0]}
         print(f"  retrieval {name}: " + ", ".join(f"{k} {cell(v)}" for k, v in rows[name].items()), flush=True)
     reference = out_reference(work, stores)
     whole = evaluate(reference, stores["test"], protocol="retrieval", seeds=args.seeds, train_store=stores["train"])

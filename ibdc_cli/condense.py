@@ -33,7 +33,7 @@ from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
 from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
-from ibdc_cli.space import SPACE_MAPS, SpaceMap, fit_space_map, map_embeddings
+from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
@@ -346,11 +346,6 @@ def _synthetic_embeddings(params, config, encoder, space_maps) -> dict[str, torc
         else torch.nn.functional.normalize(params[m], dim=-1)
         for m in config.modalities
     }
-
-
-def centred_space(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """`normalize(x - center)`; transitional, use `ibdc_cli.space.SpaceMap` / `space_maps_of_set`."""
-    return map_embeddings(x, SpaceMap(center))
 
 
 def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:

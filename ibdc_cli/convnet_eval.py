@@ -140,7 +140,7 @@ def evaluate_convnet(
     train_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
     """Accuracy (mean ± std over `seeds`) of ConvNets trained on the synthetic inputs, on the real test rows."""
-    from ibdc_cli.evaluate import _check_compatible, _summary
+    from ibdc_cli.evaluate import _check_compatible, summarize_runs, whole_data_fields
 
     if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.resolution < 0:
         raise IbdcError("--epochs and the batch size must be at least 1")
@@ -171,7 +171,7 @@ def evaluate_convnet(
         "test_rows": int(test_labels.numel()),
         "test_manifest": str(test_path),
         "schedule": vars(schedule),
-        **_summary(runs),
+        **summarize_runs(runs),
     }
     if train_store is not None:
         train = open_store(train_store)
@@ -186,13 +186,7 @@ def evaluate_convnet(
                 train_inputs, train_labels, len(class_names), schedule=schedule, seed=seed, device=device
             )
             whole.append(100.0 * fused_accuracy(nets, test_inputs, test_labels))
-        summary = _summary(whole)
-        result.update(
-            whole_mean=summary["mean"],
-            whole_std=summary["std"],
-            whole_runs=whole,
-            ratio=result["mean"] / summary["mean"] if summary["mean"] else None,
-        )
+        result.update(whole_data_fields(result["mean"], whole))
     return result
 
 
@@ -206,10 +200,10 @@ def store_inputs(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Path]:
     """Network inputs `{m: [N, C, h, w]}` of a store's rows, read from its manifest, with the store's
     labels mapped to the synthetic set's class ids by name, and the manifest's path."""
-    from ibdc_cli.evaluate import _store_features
+    from ibdc_cli.evaluate import set_class_ids
 
-    _, labels = _store_features(store, [], class_names, {})
-    rows = store.load([])["row"]
+    data = store.load([])
+    labels, rows = set_class_ids(store, class_names, data["labels"]), data["row"]
     recorded = store.index.get("manifest") or {}
     path = Path(manifest) if manifest is not None else Path(recorded.get("path", ""))
     if not path.is_file():

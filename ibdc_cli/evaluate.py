@@ -92,12 +92,33 @@ def fused_accuracy(heads: dict[str, torch.nn.Module], features: dict[str, torch.
     return float((probs.mean(0).argmax(-1) == labels).float().mean())
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
+def summarize_runs(values: list[float]) -> dict[str, Any]:
+    """`{"mean", "std" (population), "runs"}` of one metric over seeds."""
     return {
         "mean": statistics.fmean(values),
         "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
         "runs": values,
     }
+
+
+def whole_data_fields(synthetic_mean: float, whole_runs: list[float]) -> dict[str, Any]:
+    """The whole-data result of a metric (`--train`) and the ratio synthetic / whole."""
+    whole = summarize_runs(whole_runs)
+    return {
+        "whole_mean": whole["mean"],
+        "whole_std": whole["std"],
+        "whole_runs": whole_runs,
+        "ratio": synthetic_mean / whole["mean"] if whole["mean"] else None,
+    }
+
+
+def set_class_ids(store: Store, class_names: list[str], labels: torch.Tensor) -> torch.Tensor:
+    """A store's `labels` as the synthetic set's class ids, matched by class name."""
+    unknown = [n for n in store.class_names if n not in class_names]
+    if unknown:
+        raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
+    mapping = torch.tensor([class_names.index(n) for n in store.class_names], dtype=torch.long)
+    return mapping[labels.long()]
 
 
 def evaluate(
@@ -168,7 +189,7 @@ def evaluate(
         "modalities": modalities,
         "test_rows": int(test_labels.numel()),
         "schedule": vars(schedule),
-        **_summary(runs),
+        **summarize_runs(runs),
     }
     if train_store is not None:
         train = open_store(train_store)
@@ -181,13 +202,7 @@ def evaluate(
                 train_data, train_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed
             )
             whole.append(100.0 * fused_accuracy(heads, test_data, test_labels))
-        summary = _summary(whole)
-        result.update(
-            whole_mean=summary["mean"],
-            whole_std=summary["std"],
-            whole_runs=whole,
-            ratio=result["mean"] / summary["mean"] if summary["mean"] else None,
-        )
+        result.update(whole_data_fields(result["mean"], whole))
     return result
 
 
@@ -261,10 +276,7 @@ def _check_compatible(meta: dict, store: Store, modalities: list[str], what) -> 
 def _store_features(store: Store, modalities: list[str], class_names: list[str], space_maps: dict[str, SpaceMap]):
     """A store's embeddings, mapped into the synthetic set's space (ibdc_cli/space.py), with its labels mapped to the
     synthetic set's class ids by class name."""
-    unknown = [n for n in store.class_names if n not in class_names]
-    if unknown:
-        raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
     data = store.load(modalities)
-    mapping = torch.tensor([class_names.index(n) for n in store.class_names], dtype=torch.long)
+    labels = set_class_ids(store, class_names, data["labels"])
     features = {m: map_embeddings(data[m], space_maps.get(m)) for m in modalities}
-    return features, mapping[data["labels"]]
+    return features, labels

@@ -17,7 +17,6 @@ error never leaves half an export behind.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import shutil
@@ -46,6 +45,7 @@ from ibdc_cli.data.preprocess import (  # noqa: E402
 )
 from ibdc_cli.errors import IbdcError  # noqa: E402
 from ibdc_cli.store import load_synthetic_set  # noqa: E402
+from ibdc_cli.visualize import save_png  # noqa: E402
 
 # ImageBind's Kaldi fbank: 25 ms windows (400 samples, zero-padded to 512 for the FFT), 10 ms hop.
 FBANK_WINDOW = 400
@@ -229,7 +229,7 @@ def _save_spectrogram(file: Path, log_mel: torch.Tensor, title: str) -> None:
     ax.set_xlabel(f"frame (10 ms; clips of {frames} frames)")
     ax.set_ylabel("mel bin")
     figure.colorbar(shown, ax=ax, label="log mel energy")
-    _savefig(figure, file)
+    save_png(figure, file, dpi=DPI)
 
 
 def _spectrogram_rgb(log_mel: torch.Tensor) -> np.ndarray:
@@ -266,16 +266,7 @@ def _save_grid(file: Path, pictures: list[np.ndarray], labels: list[int], class_
     for k in range(columns):
         axes[0][k].set_title(f"#{k + 1}", fontsize=9)
     figure.suptitle(title, fontsize=10)
-    _savefig(figure, file)
-
-
-def _savefig(figure, file: Path) -> None:
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    file.write_bytes(buffer.getvalue())
+    save_png(figure, file, dpi=DPI)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.evaluate import _check_compatible, _summary
+from ibdc_cli.evaluate import _check_compatible, summarize_runs, whole_data_fields
 from ibdc_cli.methods.selection import joint_embedding
 from ibdc_cli.runtime import log
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
@@ -172,7 +172,7 @@ def evaluate_retrieval(
         heads = train_projection_heads(syn_pairs, schedule, seed)
         for name, value in retrieval_scores(heads, test_pairs).items():
             runs.setdefault(name, []).append(value)
-    metrics = {name: _summary(values) for name, values in runs.items()}
+    metrics = {name: summarize_runs(values) for name, values in runs.items()}
     result: dict[str, Any] = {
         "protocol": "retrieval",
         "metric": "recall@k (%)",
@@ -198,13 +198,7 @@ def evaluate_retrieval(
             for name, value in retrieval_scores(heads, test_pairs).items():
                 whole.setdefault(name, []).append(value)
         for name, values in whole.items():
-            summary = _summary(values)
-            metrics[name].update(
-                whole_mean=summary["mean"],
-                whole_std=summary["std"],
-                whole_runs=values,
-                ratio=metrics[name]["mean"] / summary["mean"] if summary["mean"] else None,
-            )
+            metrics[name].update(whole_data_fields(metrics[name]["mean"], values))
         result["train_pairs"] = int(train_pairs[modalities[0]].shape[0])
     return result
 

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ibdc_cli.errors import IbdcError  # noqa: E402
+from ibdc_cli.evaluate import set_class_ids  # noqa: E402
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set  # noqa: E402
 from ibdc_cli.store import Store, atomic_write_bytes, load_synthetic_set, open_store  # noqa: E402
 
@@ -108,7 +109,7 @@ def plot_synthetic_set(
         f"{PROJECTION_NAMES[projection]}",
         fontsize=10,
     )
-    _save(figure, Path(out))
+    save_png(figure, Path(out))
     return {
         "plot": str(out),
         "projection": projection,
@@ -154,7 +155,7 @@ def plot_store(
         f"store {store.path.name}: {len(keep)} of {store.num_rows} rows, {preset}, {PROJECTION_NAMES[projection]}",
         fontsize=11,
     )
-    _save(figure, Path(out))
+    save_png(figure, Path(out))
     return {
         "plot": str(out),
         "projection": projection,
@@ -196,13 +197,9 @@ def real_embeddings(
 ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """At most `per_class` real rows per class, `{m: [N, D]}` mapped like the synthetic set, and their
     labels `[N]` as the set's class ids (matched by class name; -1 for a store without labels)."""
-    unknown = [name for name in store.class_names if name not in class_names]
-    if unknown:
-        raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
     data = store.load(modalities)
     if store.class_names:
-        mapping = torch.tensor([class_names.index(name) for name in store.class_names], dtype=torch.long)
-        labels = mapping[data["labels"].long()]
+        labels = set_class_ids(store, class_names, data["labels"])
         keep = subsample_per_class(labels, per_class, seed)
     else:  # paired data without classes (the set's classes are pseudo-classes): draw the rows unlabelled
         labels = torch.full((len(data["row"]),), -1, dtype=torch.long)
@@ -323,11 +320,11 @@ def _legend(figure, class_names: list[str], colours: np.ndarray, *, synthetic_la
     figure.legend(handles=handles, loc="outside right upper", title="class", fontsize=8, title_fontsize=9)
 
 
-def _save(figure, out: Path) -> None:
-    """Write the figure as PNG through a temp file and a rename."""
+def save_png(figure, out: Path, dpi: int = DPI) -> None:
+    """Write the figure as PNG through a temp file and a rename, and close it."""
     buffer = io.BytesIO()
     try:
-        figure.savefig(buffer, format="png", dpi=DPI)
+        figure.savefig(buffer, format="png", dpi=dpi)
     finally:
         plt.close(figure)
     atomic_write_bytes(out, buffer.getvalue())

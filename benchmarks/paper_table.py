@@ -9,12 +9,15 @@ Parts (`--parts`, all by default):
   process, so its peak RSS is its own: torch's baseline included).
 - `ablation`: imagebinddc with the loss terms switched (uni, uni+cross, uni+joint, all) and the variants
   (CFD reduction, cross/joint forms, frequency bank, the space map) at `--ablation-dpcs`.
+- `spaces`: random, dm, avdd and imagebinddc under each `--space-map` (none, center, whiten) at
+  `--space-dpcs`: the space decides which single point per class a linear head learns best from, so the
+  DPC 1 comparison of CF matching with mean matching depends on it (docs/benchmarks.md).
 - `input`: imagebinddc and random real rows in model-input space (`--space input`, pixels + fbanks through
   the frozen encoder) at DPC 1 and 10, evaluated with the `linear` and the `convnet` protocol.
 - `retrieval`: spoken-numbers (audio–text, no labels), 20 synthetic pairs vs 20 random real pairs vs the
   whole training set, Recall@1/5/10 both ways.
 
-The `methods` and `ablation` parts run once per encoder in `--encoders`: `random` (the random-init
+The `methods`, `ablation` and `spaces` parts run once per encoder in `--encoders`: `random` (the random-init
 imagebind_tiny of the demo stores) and `bound` (imagebind_tiny whose audio tower was bound to its frozen
 image tower on the av-digits train split by `ibdc bind`; `--bound-checkpoint` names it, else it is bound
 here with `--bind-epochs`). Only the bound encoder has an aligned space for the cross/joint terms.
@@ -182,16 +185,19 @@ def methods_part(stores, work, args, schedule) -> dict[str, Any]:
                 f"  {method:12s} DPC {dpc:2d}: {cell(rows[method][dpc])}  ({rows[method][dpc]['seconds']:.1f} s)",
                 flush=True,
             )
-    # the whole-data row: any set gives the class names and the space; use a quick random selection
+    return {"rows": rows, "whole": whole_row(stores, work, args, schedule)}
+
+
+def whole_row(stores, work, args, schedule, space_map: str = "whiten") -> dict[str, Any]:
+    """The same heads trained on every training row, in the space of `space_map`."""
+    # any set gives the class names and the space; use a quick random selection
     out = work / "whole-ref.safetensors"
-    condense_in_child(stores["train"], out, CondenseConfig(modalities=MODALITIES, dpc=1, method="random"))
+    config = CondenseConfig(modalities=MODALITIES, dpc=1, method="random", space_map=space_map)
+    condense_in_child(stores["train"], out, config)
     whole = evaluate(out, stores["test"], seeds=args.seeds, schedule=schedule, train_store=stores["train"])
     out.unlink()
-    print(f"  whole data: {whole['whole_mean']:.1f} ± {whole['whole_std']:.1f}", flush=True)
-    return {
-        "rows": rows,
-        "whole": {"mean": whole["whole_mean"], "std": whole["whole_std"], "runs": whole["whole_runs"]},
-    }
+    print(f"  whole data, --space-map {space_map}: {whole['whole_mean']:.1f} ± {whole['whole_std']:.1f}", flush=True)
+    return {"mean": whole["whole_mean"], "std": whole["whole_std"], "runs": whole["whole_runs"]}
 
 
 def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
@@ -208,6 +214,32 @@ def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
             rows[label][dpc] = run_sets(stores, work, f"abl-{slug}-{dpc}", config_of, args.seeds, schedule)
             print(f"  {label:32s} DPC {dpc:2d}: {cell(rows[label][dpc])}", flush=True)
     return {"rows": rows, "settings": {label: overrides for label, overrides in ABLATION}}
+
+
+SPACE_METHODS = ["random", "dm", "avdd", "imagebinddc"]
+
+
+def spaces_part(stores, work, args, schedule) -> dict[str, Any]:
+    """The methods that match distributions, under each space map (the rest of the defaults unchanged)."""
+    rows: dict[str, dict[str, Any]] = {}
+    whole: dict[str, dict[str, Any]] = {}
+    for space_map in ("none", "center", "whiten"):
+        whole[space_map] = whole_row(stores, work, args, schedule, space_map)
+        for method in SPACE_METHODS:
+            label = f"{method}, --space-map {space_map}"
+            rows[label] = {}
+            for dpc in args.space_dpcs:
+
+                def config_of(seed, method=method, dpc=dpc, space_map=space_map):
+                    settings = {"iterations": args.iterations} if args.iterations else {}
+                    return CondenseConfig(
+                        modalities=MODALITIES, dpc=dpc, method=method, seed=seed, space_map=space_map, **settings
+                    )
+
+                name = f"space-{space_map}-{method}-{dpc}"
+                rows[label][dpc] = run_sets(stores, work, name, config_of, args.seeds, schedule)
+                print(f"  {label:36s} DPC {dpc:2d}: {cell(rows[label][dpc])}", flush=True)
+    return {"rows": rows, "whole": whole, "dpcs": args.space_dpcs}
 
 
 def input_part(stores, work, args, schedule) -> dict[str, Any]:
@@ -364,6 +396,24 @@ def markdown(report: dict[str, Any]) -> str:
                 cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in adpcs]
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
+        if "spaces" in parts:
+            sdpcs = parts["spaces"]["dpcs"]
+            lines += [
+                f"### Methods under each space map, {title}",
+                "",
+                "The same methods with `--space-map none | center | whiten` (default whiten); each set is "
+                "evaluated in the space it was condensed in.",
+                "",
+                "| method, space | " + " | ".join(f"DPC {d}" for d in sdpcs) + " |",
+                "|---" * (1 + len(sdpcs)) + "|",
+            ]
+            for label, by_dpc in parts["spaces"]["rows"].items():
+                lines.append(f"| {label} | " + " | ".join(cell(at(by_dpc, d)) for d in sdpcs) + " |")
+                if label.startswith(SPACE_METHODS[-1]):
+                    space_map = label.rsplit(" ", 1)[-1]
+                    whole = cell(parts["spaces"]["whole"][space_map])
+                    lines.append(f"| whole data, --space-map {space_map} | " + " | ".join(whole for _ in sdpcs) + " |")
+            lines.append("")
     if "input" in report:
         lines += [
             "### Input space (random-init imagebind_tiny)",
@@ -420,6 +470,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for part in ("input", "retrieval"):
             if part in report:
                 merged[part] = report[part]
+    encoders = merged["encoders"]  # the random-init encoder first, whatever the order of the files
+    merged["encoders"] = {e: encoders[e] for e in sorted(encoders, key=lambda e: e != "random")}
     merged["ablation_dpcs"] = sorted(dpcs)
     merged["command"] = "; ".join(dict.fromkeys(r["command"] for r in reports))
     merged["minutes"] = max(r["minutes"] for r in reports)
@@ -439,13 +491,14 @@ def write_docs(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="methods,ablation,input,retrieval")
+    parser.add_argument("--parts", default="methods,ablation,spaces,input,retrieval")
     parser.add_argument("--encoders", default="random,bound", help="random, bound, or both")
     parser.add_argument("--bound-checkpoint", help="a checkpoint from `ibdc bind` (else one is bound here)")
     parser.add_argument("--bind-epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dpcs", default="1,10,20")
     parser.add_argument("--ablation-dpcs", default="1")
+    parser.add_argument("--space-dpcs", default="1,10")
     parser.add_argument("--input-dpcs", default="1,10")
     parser.add_argument("--input-iterations", type=int, default=50)
     parser.add_argument("--iterations", type=int, help="condensation steps (default: CondenseConfig's)")
@@ -466,11 +519,12 @@ def main() -> None:
             write_docs(text)
         return
     if args.quick:
-        args.seeds, args.dpcs, args.ablation_dpcs, args.input_dpcs = 1, "1,2", "1", "1"
+        args.seeds, args.dpcs, args.ablation_dpcs, args.input_dpcs, args.space_dpcs = 1, "1,2", "1", "1", "1"
         args.iterations, args.input_iterations, args.per_class, args.pairs, args.bind_epochs = 5, 2, 20, 5, 1
     args.dpcs = [int(d) for d in args.dpcs.split(",")]
     args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",")]
     args.input_dpcs = [int(d) for d in args.input_dpcs.split(",")]
+    args.space_dpcs = [int(d) for d in args.space_dpcs.split(",")]
     parts = args.parts.split(",")
     schedule = HeadSchedule()
     started = time.time()
@@ -526,6 +580,9 @@ def main() -> None:
                 save()
             if "ablation" in parts:
                 entry["ablation"] = ablation_part(stores, work, args, schedule)
+                save()
+            if "spaces" in parts:
+                entry["spaces"] = spaces_part(stores, work, args, schedule)
                 save()
         if "input" in parts:
             print("[input space]", flush=True)

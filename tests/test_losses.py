@@ -112,6 +112,47 @@ def test_cfd_is_zero_for_identical_sets_and_grows_with_a_mean_shift(reduction):
     assert values[1] > 1e-4  # well above the float32 floor
 
 
+def _minimise_single_point(x: torch.Tensor, freqs: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    s = start.clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([s], lr=1, max_iter=200, tolerance_grad=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = cfd(x, s[None], freqs, reduction="eq3")
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return s.detach()
+
+
+def test_eq3_optimum_of_one_point_is_the_kernel_mean_shift_point_and_the_mean_as_sigma_shrinks():
+    """Why CF matching and mean matching (DM) differ at one point per class (docs/benchmarks.md).
+
+    For t ~ N(0, sigma^2 I), E_t |phi_X(t) - exp(j t.s)|^2 = const - 2 mean_i exp(-sigma^2 |x_i - s|^2 / 2):
+    the Eq. 3 minimiser s* is a mode of the Gaussian kernel density, the fixed point of mean shift
+    s = sum_i w_i x_i / sum_i w_i with w_i = exp(-sigma^2 |x_i - s|^2 / 2); as sigma -> 0 all w_i
+    become equal and s* -> the mean, which is what DM matches."""
+    g = torch.Generator().manual_seed(0)
+    # a skewed, one-peaked class (log-normal coordinates), so the mode and the mean differ
+    x = torch.randn(60, 3, generator=g, dtype=T).exp()
+    mean = x.mean(0)
+    for sigma in (0.02, 1.0):
+        freqs = sample_frequencies(50_000, 3, sigma, generator=g, dtype=T)
+        # from the farthest row when the kernel is wide; from the mean (a local search) when it is narrow
+        start = x[x.norm(dim=1).argmax()] if sigma < 0.1 else mean
+        optimum = _minimise_single_point(x, freqs, start=start)
+        shift = mean.clone()
+        for _ in range(500):
+            w = torch.exp(-(sigma**2) * ((x - shift) ** 2).sum(1) / 2)
+            shift = (w[:, None] * x).sum(0) / w.sum()
+        if sigma < 0.1:
+            assert (optimum - mean).norm() < 0.03  # from 17 away
+        else:
+            assert (mean - shift).norm() > 0.5  # the mode really is elsewhere ...
+            assert (optimum - shift).norm() < 0.05  # ... and Eq. 3 finds it, not the mean
+
+
 def test_amplitude_plus_phase_is_the_squared_modulus_of_the_difference():
     phi_x, phi_y = random_cf(0), random_cf(1)
     amp, phase = cfd_terms(phi_x, phi_y)

@@ -408,7 +408,8 @@ def markdown(report: dict[str, Any]) -> str:
                 "|---" * (1 + len(sdpcs)) + "|",
             ]
             for label, by_dpc in parts["spaces"]["rows"].items():
-                lines.append(f"| {label} | " + " | ".join(cell(at(by_dpc, d)) for d in sdpcs) + " |")
+                cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in sdpcs]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
                 if label.startswith(SPACE_METHODS[-1]):
                     space_map = label.rsplit(" ", 1)[-1]
                     whole = cell(parts["spaces"]["whole"][space_map])
@@ -460,9 +461,11 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for encoder, parts in report["encoders"].items():
             entry = merged["encoders"].setdefault(encoder, {})
             for name, part in parts.items():
-                if name == "ablation" and "ablation" in entry:  # the same rows at other DPCs
+                if name in ("ablation", "spaces") and name in entry:  # the same rows at other DPCs
                     for label, by_dpc in part["rows"].items():
-                        entry["ablation"]["rows"].setdefault(label, {}).update(by_dpc)
+                        entry[name]["rows"].setdefault(label, {}).update(by_dpc)
+                    if name == "spaces":
+                        entry[name]["dpcs"] = sorted(set(entry[name]["dpcs"]) | set(part["dpcs"]))
                 else:
                     entry[name] = part
         if any("ablation" in parts for parts in report["encoders"].values()):

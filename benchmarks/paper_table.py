@@ -50,6 +50,7 @@ import torch
 from ibdc_cli.condense import CondenseConfig, condense
 from ibdc_cli.demo import cache_dir, ensure_demo_stores
 from ibdc_cli.evaluate import HeadSchedule, evaluate, summarize_runs
+from ibdc_cli.space import SPACE_MAPS
 from ibdc_cli.store import INDEX_FILE, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +157,12 @@ def bound_stores(args, demo: dict[str, Path]) -> tuple[dict[str, Path], Path]:
 # parts
 
 
+def table_config(args, **fields) -> CondenseConfig:
+    """A CondenseConfig of the audio + image tables: the defaults, `--iterations` when given, and `fields`."""
+    settings = {"iterations": args.iterations} if args.iterations else {}
+    return CondenseConfig(modalities=MODALITIES, **settings, **fields)
+
+
 def run_sets(stores, work: Path, name: str, config_of, seeds: int, schedule: HeadSchedule, **eval_options):
     """Condense one set per seed with `config_of(seed)`, evaluate each; accuracy summary + cost."""
     accuracies, seconds, memory = [], [], []
@@ -177,8 +184,7 @@ def methods_part(stores, work, args, schedule) -> dict[str, Any]:
         for dpc in args.dpcs:
 
             def config_of(seed, method=method, dpc=dpc):
-                settings = {"iterations": args.iterations} if args.iterations else {}
-                return CondenseConfig(modalities=MODALITIES, dpc=dpc, method=method, seed=seed, **settings)
+                return table_config(args, dpc=dpc, method=method, seed=seed)
 
             rows[method][dpc] = run_sets(stores, work, f"{method}-{dpc}", config_of, args.seeds, schedule)
             print(
@@ -188,7 +194,7 @@ def methods_part(stores, work, args, schedule) -> dict[str, Any]:
     return {"rows": rows, "whole": whole_row(stores, work, args, schedule)}
 
 
-def whole_row(stores, work, args, schedule, space_map: str = "whiten") -> dict[str, Any]:
+def whole_row(stores, work, args, schedule, space_map: str = CondenseConfig.space_map) -> dict[str, Any]:
     """The same heads trained on every training row, in the space of `space_map`."""
     # any set gives the class names and the space; use a quick random selection
     out = work / "whole-ref.safetensors"
@@ -207,8 +213,7 @@ def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
         for dpc in args.ablation_dpcs:
 
             def config_of(seed, overrides=overrides, dpc=dpc):
-                settings = {"iterations": args.iterations} if args.iterations else {}
-                return CondenseConfig(modalities=MODALITIES, dpc=dpc, seed=seed, **settings, **overrides)
+                return table_config(args, dpc=dpc, seed=seed, **overrides)
 
             slug = "".join(ch if ch.isalnum() else "-" for ch in label)
             rows[label][dpc] = run_sets(stores, work, f"abl-{slug}-{dpc}", config_of, args.seeds, schedule)
@@ -219,22 +224,23 @@ def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
 SPACE_METHODS = ["random", "dm", "avdd", "imagebinddc"]
 
 
+def space_label(method: str, space_map: str) -> str:
+    return f"{method}, --space-map {space_map}"
+
+
 def spaces_part(stores, work, args, schedule) -> dict[str, Any]:
     """The methods that match distributions, under each space map (the rest of the defaults unchanged)."""
     rows: dict[str, dict[str, Any]] = {}
     whole: dict[str, dict[str, Any]] = {}
-    for space_map in ("none", "center", "whiten"):
+    for space_map in reversed(SPACE_MAPS):  # none, center, whiten: from the encoder's space to the default
         whole[space_map] = whole_row(stores, work, args, schedule, space_map)
         for method in SPACE_METHODS:
-            label = f"{method}, --space-map {space_map}"
+            label = space_label(method, space_map)
             rows[label] = {}
             for dpc in args.space_dpcs:
 
                 def config_of(seed, method=method, dpc=dpc, space_map=space_map):
-                    settings = {"iterations": args.iterations} if args.iterations else {}
-                    return CondenseConfig(
-                        modalities=MODALITIES, dpc=dpc, method=method, seed=seed, space_map=space_map, **settings
-                    )
+                    return table_config(args, dpc=dpc, method=method, seed=seed, space_map=space_map)
 
                 name = f"space-{space_map}-{method}-{dpc}"
                 rows[label][dpc] = run_sets(stores, work, name, config_of, args.seeds, schedule)
@@ -401,19 +407,19 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [
                 f"### Methods under each space map, {title}",
                 "",
-                "The same methods with `--space-map none | center | whiten` (default whiten); each set is "
-                "evaluated in the space it was condensed in.",
+                f"The same methods with `--space-map {' | '.join(reversed(SPACE_MAPS))}` (default "
+                f"{CondenseConfig.space_map}); each set is evaluated in the space it was condensed in.",
                 "",
                 "| method, space | " + " | ".join(f"DPC {d}" for d in sdpcs) + " |",
                 "|---" * (1 + len(sdpcs)) + "|",
             ]
-            for label, by_dpc in parts["spaces"]["rows"].items():
-                cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in sdpcs]
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-                if label.startswith(SPACE_METHODS[-1]):
-                    space_map = label.rsplit(" ", 1)[-1]
-                    whole = cell(parts["spaces"]["whole"][space_map])
-                    lines.append(f"| whole data, --space-map {space_map} | " + " | ".join(whole for _ in sdpcs) + " |")
+            for space_map, whole in parts["spaces"]["whole"].items():
+                for method in SPACE_METHODS:
+                    by_dpc = parts["spaces"]["rows"][space_label(method, space_map)]
+                    cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in sdpcs]
+                    lines.append(f"| {space_label(method, space_map)} | " + " | ".join(cells) + " |")
+                whole_cells = " | ".join(cell(whole) for _ in sdpcs)
+                lines.append(f"| whole data, --space-map {space_map} | {whole_cells} |")
             lines.append("")
     if "input" in report:
         lines += [

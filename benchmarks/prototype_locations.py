@@ -68,18 +68,17 @@ def main() -> None:
     sigmas = [float(s) for s in args.sigmas.split(",")]
     train, test = open_store(args.train).load(modalities), open_store(args.test).load(modalities)
     labels, test_labels = train["labels"].long(), test["labels"].long()
-    classes = int(labels.max()) + 1
+    per_class = [labels == c for c in range(int(labels.max()) + 1)]
     rows = []
     for kind in args.space_maps.split(","):
         maps = {m: fit_space_map(train[m], kind) for m in modalities}
         x = {m: map_embeddings(train[m], maps[m]) for m in modalities}
         x_test = {m: map_embeddings(test[m], maps[m]) for m in modalities}
-        per_class = [labels == c for c in range(classes)]
-        means = {m: torch.stack([F.normalize(x[m][rows].mean(0), dim=0) for rows in per_class]) for m in modalities}
+        means = {m: torch.stack([F.normalize(x[m][mask].mean(0), dim=0) for mask in per_class]) for m in modalities}
         row = {"space_map": kind, "mean (dm)": score(means, x_test, test_labels, args.seeds)}
         for sigma in sigmas:
             modes = {
-                m: torch.stack([kernel_mode(x[m][r], sigma, means[m][c]) for c, r in enumerate(per_class)])
+                m: torch.stack([kernel_mode(x[m][mask], sigma, means[m][c]) for c, mask in enumerate(per_class)])
                 for m in modalities
             }
             row[f"mode σ={sigma:g}"] = score(modes, x_test, test_labels, args.seeds)

@@ -165,9 +165,19 @@ def embed(
 
 @app.command()
 def condense(
+    ctx: typer.Context,
     store: Annotated[
         Path | None,
         typer.Argument(help="Embedding store (from `ibdc embed`); default $IBDC_STORE, else the built-in demo store."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="default (ibdc's measured defaults, also when omitted) or paper (the paper's configuration: input "
+            "space, its cross/joint terms, Eq. 3, fresh frequencies, no space map; docs/method.md lists it). "
+            "Options given on the command line override the preset.",
+        ),
     ] = None,
     modalities: ModalitiesOpt = "image,audio",
     dpc: Annotated[int, typer.Option("--dpc", help="Synthetic data points per class.")] = 20,
@@ -274,14 +284,17 @@ def condense(
     """Condense a store into a few synthetic examples per class.
 
     Example: ibdc condense stores/train --modalities audio,image --dpc 20 --out syn.safetensors
+
+    Example: ibdc condense stores/train --modalities audio,image --dpc 1 --preset paper --iterations 100
     """
+    from click.core import ParameterSource
+
     from ibdc_cli.condense import CondenseConfig
     from ibdc_cli.condense import condense as run_condense
     from ibdc_cli.data.manifest import parse_modalities
     from ibdc_cli.demo import default_store
 
-    config = CondenseConfig(
-        modalities=parse_modalities(modalities),
+    options = dict(
         dpc=dpc,
         method=method,
         space=space,
@@ -311,6 +324,9 @@ def condense(
         checkpoint=str(checkpoint) if checkpoint else None,
         manifest=str(manifest) if manifest else None,
     )
+    # A preset sets the options left at their defaults; the ones given on the command line win.
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    config = CondenseConfig.from_preset(preset, modalities=parse_modalities(modalities), **given)
     config.check()
     store = store if store is not None else default_store()
     out = out or Path("syn.safetensors")
@@ -338,7 +354,14 @@ def condense(
 
 @app.command(no_args_is_help=True)
 def evaluate(
-    synthetic: Annotated[Path, typer.Argument(help="Synthetic set or selection (.safetensors from `ibdc condense`).")],
+    sets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Synthetic set or selection (.safetensors from `ibdc condense`); several sets of one configuration "
+            "(condensation seeds) give mean ± std over sets × head seeds.",
+            show_default=False,
+        ),
+    ],
     test: Annotated[Path | None, typer.Option("--test", help="Real test store; default: the demo test store.")] = None,
     protocol: Annotated[
         str,
@@ -349,7 +372,9 @@ def evaluate(
             "labels: InfoNCE projection heads, recall@1/5/10 both ways).",
         ),
     ] = "linear",
-    seeds: Annotated[int, typer.Option("--seeds", help="Training runs with different seeds; reports mean ± std.")] = 3,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Training runs with different head seeds per set; reports mean ± std.")
+    ] = 3,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -378,15 +403,17 @@ def evaluate(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train heads on a synthetic set and report top-1 accuracy (or recall@k) on a real test store (mean ± std).
+    """Train heads on synthetic sets and report top-1 accuracy (or recall@k) on a real test store (mean ± std).
 
     Example: ibdc evaluate syn.safetensors --test stores/test --train stores/train --seeds 3
+
+    Example: ibdc evaluate syn-0.safetensors syn-1.safetensors syn-2.safetensors --test stores/test
 
     Example: ibdc evaluate pairs.safetensors --test stores/sn-test --protocol retrieval --train stores/sn-train
     """
     from ibdc_cli.convnet_eval import ConvnetSchedule
     from ibdc_cli.demo import default_store
-    from ibdc_cli.evaluate import HeadSchedule
+    from ibdc_cli.evaluate import HeadSchedule, format_accuracy
     from ibdc_cli.evaluate import evaluate as run_evaluate
 
     test = test if test is not None else default_store("test")
@@ -395,7 +422,7 @@ def evaluate(
     schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(protocol, HeadSchedule)
     schedule = schedule_type() if epochs is None else schedule_type(epochs=epochs)
     result = run_evaluate(
-        synthetic,
+        sets,
         test,
         protocol=protocol,
         seeds=seeds,
@@ -408,16 +435,7 @@ def evaluate(
     if as_json:
         _print_json(result)
         return
-    if protocol == "retrieval":
-        print(format_retrieval(result))
-        return
-    line = (
-        f"{result['method']} dpc {result['dpc']}: {result['mean']:.2f} ± {result['std']:.2f} % ({protocol}, "
-        f"{seeds} seeds, {result['test_rows']} test rows)"
-    )
-    print(line)
-    if "whole_mean" in result:
-        print(f"whole data: {result['whole_mean']:.2f} ± {result['whole_std']:.2f} %   ratio {result['ratio']:.3f}")
+    print(format_retrieval(result) if protocol == "retrieval" else format_accuracy(result))
 
 
 @app.command(no_args_is_help=True)
@@ -614,6 +632,59 @@ def demo(
         print_demo(result)
 
 
+OverwriteBuildOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a different earlier build in OUT (default: refuse, exit 2).")
+]
+
+
+@datasets_app.command("fsdd-mnist", no_args_is_help=True)
+def datasets_fsdd_mnist(
+    out: Annotated[Path, typer.Argument(help="Directory to write audio/, images/, train/val/test.csv into.")],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="Local folder with recordings/*.wav and the MNIST IDX files (default: download the pinned files).",
+        ),
+    ] = None,
+    test_speaker: Annotated[str, typer.Option("--test-speaker", help="The FSDD speaker of the test split.")] = (
+        "yweweler"
+    ),
+    val_speaker: Annotated[str, typer.Option("--val-speaker", help="The FSDD speaker of the val split.")] = "theo",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image drawn for each recording.")] = 0,
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", help="Download from this base URL (files by name) instead of GitHub and CVDF."),
+    ] = None,
+    overwrite: OverwriteBuildOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real spoken digits (FSDD) paired with real handwriting (MNIST): train/val/test sharing no speaker or image.
+
+    Every speaker other than the val and test speakers trains. Columns id, image, audio, label.
+
+    Example: ibdc datasets fsdd-mnist data/fsdd-mnist --source ../shared/data/fsdd-mnist
+    """
+    from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
+
+    summary = build_fsdd_mnist(
+        out,
+        source=source,
+        test_speaker=test_speaker,
+        val_speaker=val_speaker,
+        seed=seed,
+        overwrite=overwrite,
+        mirror=mirror,
+    )
+    if as_json:
+        _print_json(summary)
+        return
+    for split, path in summary["manifests"].items():
+        speakers = ", ".join(summary["speakers"][split])
+        print(f"{split}: {path} ({summary['counts'][split]} rows; speakers {speakers})")
+    print("licences: FSDD CC BY-SA 4.0, MNIST CC BY-SA 3.0 (share-alike; attribution in README.txt)")
+
+
 @datasets_app.command("av-digits", no_args_is_help=True)
 def datasets_av_digits(
     out: Annotated[Path, typer.Argument(help="Directory to write images/, audio/, train.csv, test.csv into.")],
@@ -622,6 +693,7 @@ def datasets_av_digits(
         typer.Option("--per-class", help="At most this many rows per class and split (default: all)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, speakers and captions.")] = 0,
+    overwrite: OverwriteBuildOpt = False,
 ) -> None:
     """Audio-visual digits: scikit-learn's handwritten digits paired with espeak-ng spoken names.
 
@@ -631,7 +703,7 @@ def datasets_av_digits(
     """
     from ibdc_cli.data.benchmark import build_av_digits
 
-    paths = build_av_digits(out, per_class=per_class, seed=seed)
+    paths = build_av_digits(out, per_class=per_class, seed=seed, overwrite=overwrite)
     for split, path in paths.items():
         print(f"{split}: {path}")
 
@@ -641,6 +713,7 @@ def datasets_spoken_numbers(
     out: Annotated[Path, typer.Argument(help="Directory to write audio/, train.csv, test.csv into.")],
     count: Annotated[int | None, typer.Option("--count", help="At most this many rows in all (default: all).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and speakers.")] = 0,
+    overwrite: OverwriteBuildOpt = False,
 ) -> None:
     """Spoken numbers 0-999 paired with their text, speaker-disjoint, for audio-text retrieval.
 
@@ -648,7 +721,7 @@ def datasets_spoken_numbers(
     """
     from ibdc_cli.data.benchmark import build_spoken_numbers
 
-    paths = build_spoken_numbers(out, count=count, seed=seed)
+    paths = build_spoken_numbers(out, count=count, seed=seed, overwrite=overwrite)
     for split, path in paths.items():
         print(f"{split}: {path}")
 

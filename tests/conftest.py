@@ -93,3 +93,24 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     from ibdc_cli.demo import ensure_demo_stores
 
     return ensure_demo_stores(tmp_path_factory.mktemp("digits"), per_class=22)
+
+
+FSDD_MNIST_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd-mnist"
+
+
+@pytest.fixture(scope="session")
+def fsdd_source() -> Path:
+    """The local copy of FSDD (4 speakers) and the first 8,000 MNIST test images (../shared/data/fsdd-mnist)."""
+    import os
+
+    source = Path(os.environ.get("IBDC_FSDD_MNIST_SOURCE", FSDD_MNIST_SOURCE))
+    assert (source / "recordings").is_dir(), f"the fsdd-mnist source files are missing: {source}"
+    return source
+
+
+@pytest.fixture(scope="session")
+def fsdd_mnist(tmp_path_factory, fsdd_source) -> dict:
+    """fsdd-mnist built from the local source with the default speakers and seed (its summary)."""
+    from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
+
+    return build_fsdd_mnist(tmp_path_factory.mktemp("fsdd-mnist") / "data", source=fsdd_source)

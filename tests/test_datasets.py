@@ -173,14 +173,20 @@ def test_second_call_is_fast_and_writes_nothing(dataset, build, kwargs, request)
 
 
 @needs_espeak
-def test_rebuild_when_incomplete_or_parameters_change(tmp_path):
+def test_rebuild_when_incomplete_and_refuse_other_parameters_unless_overwrite(tmp_path):
     manifests = build_av_digits(tmp_path, per_class=1, seed=3)
     first = manifests["test"].read_text()
-    # A build that stopped before its marker was written is not taken for a complete one.
-    (tmp_path / "dataset.json").unlink()
+    # A build that stopped before its marker was written is continued, not taken for a complete one.
+    marker = tmp_path / "dataset.json"
+    (tmp_path / ".build.json").write_text(json.dumps({"params": json.loads(marker.read_text())["params"]}))
+    marker.unlink()
     assert build_av_digits(tmp_path, per_class=1, seed=3)["test"].read_text() == first  # and is seeded
-    assert (tmp_path / "dataset.json").is_file()
-    build_av_digits(tmp_path, per_class=1, seed=4)
+    assert marker.is_file() and not (tmp_path / ".build.json").exists()
+    before = file_times(tmp_path)
+    with pytest.raises(IbdcError, match="holds a different build.*seed 3 -> 4.*--overwrite"):
+        build_av_digits(tmp_path, per_class=1, seed=4)
+    assert file_times(tmp_path) == before
+    build_av_digits(tmp_path, per_class=1, seed=4, overwrite=True)
     assert manifests["test"].read_text() != first
     assert len(read_manifest(manifests["test"])[1]) == 10
     assert not list(tmp_path.rglob(".*.tmp"))

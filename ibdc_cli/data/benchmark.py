@@ -49,6 +49,8 @@ from sklearn.model_selection import train_test_split
 
 from ibdc_cli.errors import IbdcError
 
+PENDING_MARKER = ".build.json"  # the parameters of a build in progress (removed when dataset.json is written)
+
 # Bump when the content of a build changes (voices, styles, file layout), so old caches are rebuilt.
 DATASET_VERSION = 1
 
@@ -108,7 +110,12 @@ def number_to_words(n: int) -> str:
 
 
 def build_av_digits(
-    out_dir: Path, *, per_class: int | None = None, seed: int = 0, progress: Progress | None = None
+    out_dir: Path,
+    *,
+    per_class: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Path]:
     """Build the audio-visual digits dataset (image, audio, text, label) under `out_dir`.
 
@@ -116,16 +123,16 @@ def build_av_digits(
     recording of its own class's name by a speaker of its split, and a caption of its class.
     `per_class` caps the rows per class in each split (None: all, ~144 train / ~36 test per class).
     `progress(done, total)` is called as recordings are synthesised. Returns {"train": csv, "test": csv}.
-    A second call with the same arguments returns at once.
+    A second call with the same arguments returns at once; a folder holding another build is refused
+    unless `overwrite` (see `begin_build`).
     """
     if per_class is not None and per_class < 1:
         raise IbdcError(f"per_class must be at least 1, got {per_class}")
     out_dir = Path(out_dir)
     params = {"name": "av-digits", "version": DATASET_VERSION, "per_class": per_class, "seed": seed}
-    if _is_built(out_dir, params):
+    if begin_build(out_dir, params, overwrite=overwrite):
         return _manifest_paths(out_dir)
     espeak = _require_espeak(TRAIN_VOICES + TEST_VOICES)
-    _start_build(out_dir)
 
     digits = load_digits()
     labels = digits.target
@@ -167,7 +174,12 @@ def build_av_digits(
 
 
 def build_spoken_numbers(
-    out_dir: Path, *, count: int | None = None, seed: int = 0, progress: Progress | None = None
+    out_dir: Path,
+    *,
+    count: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Path]:
     """Build the spoken-numbers retrieval dataset (audio, text) under `out_dir`.
 
@@ -180,10 +192,9 @@ def build_spoken_numbers(
         raise IbdcError(f"count must be between 2 and 1000 (one row per number and split), got {count}")
     out_dir = Path(out_dir)
     params = {"name": "spoken-numbers", "version": DATASET_VERSION, "count": count, "seed": seed}
-    if _is_built(out_dir, params):
+    if begin_build(out_dir, params, overwrite=overwrite):
         return _manifest_paths(out_dir)
     espeak = _require_espeak(TRAIN_VOICES + TEST_VOICES)
-    _start_build(out_dir)
 
     rng = np.random.default_rng(seed)
     numbers = rng.permutation(1000)
@@ -352,25 +363,57 @@ def _espeak_version(espeak: str) -> str:
 # ------------------------------------------------------------------------------------ files and markers
 
 
-def _manifest_paths(out_dir: Path) -> dict[str, Path]:
-    return {split: out_dir / f"{split}.csv" for split in SPLITS}
+def _manifest_paths(out_dir: Path, params: dict | None = None) -> dict[str, Path]:
+    splits = (params or {}).get("splits", SPLITS)
+    return {split: out_dir / f"{split}.csv" for split in splits}
 
 
-def _is_built(out_dir: Path, params: dict) -> bool:
-    """Whether a complete build with exactly these parameters is in `out_dir`."""
-    marker = out_dir / "dataset.json"
-    if not marker.is_file() or not all(p.is_file() for p in _manifest_paths(out_dir).values()):
-        return False
-    try:
-        return json.loads(marker.read_text())["params"] == params
-    except (ValueError, KeyError, TypeError):
-        return False
+def begin_build(out_dir: Path, params: dict, *, overwrite: bool = False) -> bool:
+    """Check `out_dir` before a build with `params`; True when it already holds exactly this build.
 
-
-def _start_build(out_dir: Path) -> None:
-    # Remove the marker first: until the new one is written, old manifests must not pass for this build.
+    A folder holding a different build (finished, or interrupted with other parameters) is refused with
+    an error naming it, and left untouched, unless `overwrite`: then that build is deleted first. A
+    non-empty folder that is no ibdc build is never deleted. An interrupted build with the same
+    parameters (its `.build.json` marker) is continued: files it finished are reused.
+    """
+    out_dir = Path(out_dir)
+    finished, pending = _read_params(out_dir / "dataset.json"), _read_params(out_dir / PENDING_MARKER)
+    complete = all(p.is_file() for p in _manifest_paths(out_dir, params).values())
+    if finished == params and complete:
+        return True
+    if finished is None and (pending is None or pending == params):
+        if pending is None and out_dir.is_dir() and any(out_dir.iterdir()):
+            raise IbdcError(f"{out_dir} is not empty and holds no ibdc dataset build; choose a new or empty folder")
+    else:
+        other = finished if finished is not None else pending
+        if not overwrite:
+            changed = ", ".join(f"{k} {other.get(k)!r} -> {v!r}" for k, v in params.items() if other.get(k) != v)
+            raise IbdcError(
+                f"{out_dir} holds a different build ({changed or 'incomplete'}); pass --overwrite to replace it "
+                "or choose another folder"
+            )
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Remove the finished marker first: until the new one is written, old manifests must not pass for this build.
     (out_dir / "dataset.json").unlink(missing_ok=True)
+    _replace_atomically(out_dir / PENDING_MARKER, lambda tmp: tmp.write_text(json.dumps({"params": params}) + "\n"))
+    return False
+
+
+def finish_build(out_dir: Path, info: dict) -> None:
+    """Write the `dataset.json` marker (`info`, with its "params") that says the build is complete."""
+    _replace_atomically(out_dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    (out_dir / PENDING_MARKER).unlink(missing_ok=True)
+
+
+def _read_params(marker: Path) -> dict | None:
+    if not marker.is_file():
+        return None
+    try:
+        params = json.loads(marker.read_text())["params"]
+        return params if isinstance(params, dict) else {}
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable: a build of unknown parameters
 
 
 def _finish_build(
@@ -394,8 +437,7 @@ def _finish_build(
     _replace_atomically(out_dir / "README.txt", lambda tmp: tmp.write_text(readme))
     for split, path in _manifest_paths(out_dir).items():
         write_manifest(path, rows[split], columns)
-    info = {"params": params, "speakers": speakers, "counts": counts, "columns": columns}
-    _replace_atomically(out_dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    finish_build(out_dir, {"params": params, "speakers": speakers, "counts": counts, "columns": columns})
 
 
 def write_manifest(path: Path, rows: Sequence[dict[str, str]], columns: Sequence[str]) -> None:

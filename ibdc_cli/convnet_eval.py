@@ -127,9 +127,7 @@ def convnet_modalities(meta: dict[str, Any], modalities: list[str], path) -> lis
 
 
 def evaluate_convnet(
-    synthetic: str | Path,
-    tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
+    sets: list[tuple[Path, dict[str, torch.Tensor], dict[str, Any]]],
     test: Store,
     modalities: list[str],
     *,
@@ -139,39 +137,46 @@ def evaluate_convnet(
     test_manifest: str | Path | None = None,
     train_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Accuracy (mean ± std over `seeds`) of ConvNets trained on the synthetic inputs, on the real test rows."""
-    from ibdc_cli.evaluate import _check_compatible, summarize_runs, whole_data_fields
+    """Accuracy of ConvNets trained on the synthetic inputs of each of `sets` (`evaluate.load_sets`), on the
+    real test rows: mean ± std over sets x `seeds` (`evaluate.summarize_sets`)."""
+    from ibdc_cli.evaluate import _check_compatible, summarize_sets, whole_data_fields
 
     if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.resolution < 0:
         raise IbdcError("--epochs and the batch size must be at least 1")
-    modalities = convnet_modalities(meta, modalities, synthetic)
-    for m in modalities:
-        if tuple(tensors[m].shape[1:]) != INPUT_SHAPES[m]:
-            raise IbdcError(f"{synthetic}: {m!r} has shape {tuple(tensors[m].shape)}, not [n, {INPUT_SHAPES[m]}]")
-    _check_compatible(meta, test, modalities, synthetic)
+    first, _, meta = sets[0]
+    modalities = convnet_modalities(meta, modalities, first)
     class_names = list(meta["class_names"])
+    for path, tensors, set_meta in sets:
+        for m in modalities:
+            if tuple(tensors[m].shape[1:]) != INPUT_SHAPES[m]:
+                raise IbdcError(f"{path}: {m!r} has shape {tuple(tensors[m].shape)}, not [n, {INPUT_SHAPES[m]}]")
+        _check_compatible(set_meta, test, modalities, path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test_inputs, test_labels, test_path = store_inputs(
         test, modalities, class_names, test_manifest, "--test-manifest", schedule.resolution
     )
-    syn_inputs = {m: network_input(tensors[m], schedule.resolution) for m in modalities}
-    syn_labels = tensors["labels"].long()
 
     runs = []
-    for seed in range(seeds):
-        nets = train_convnets(syn_inputs, syn_labels, len(class_names), schedule=schedule, seed=seed, device=device)
-        runs.append(100.0 * fused_accuracy(nets, test_inputs, test_labels))
+    for path, tensors, _ in sets:
+        syn_inputs = {m: network_input(tensors[m], schedule.resolution) for m in modalities}
+        syn_labels = tensors["labels"].long()
+        for seed in range(seeds):
+            nets = train_convnets(syn_inputs, syn_labels, len(class_names), schedule=schedule, seed=seed, device=device)
+            runs.append(
+                {"set": str(path), "seed": seed, "value": 100.0 * fused_accuracy(nets, test_inputs, test_labels)}
+            )
     result: dict[str, Any] = {
         "protocol": "convnet",
         "metric": "top-1 accuracy (%)",
-        "synthetic": str(synthetic),
+        "sets": [str(path) for path, _, _ in sets],
+        "seeds": seeds,
         "method": meta.get("method"),
         "dpc": meta.get("dpc"),
         "modalities": modalities,
         "test_rows": int(test_labels.numel()),
         "test_manifest": str(test_path),
         "schedule": vars(schedule),
-        **summarize_runs(runs),
+        **summarize_sets(runs),
     }
     if train_store is not None:
         train = open_store(train_store)

@@ -11,13 +11,22 @@ Protocols (SPEC §4):
 
 Every protocol uses a fixed schedule (epochs, learning rate, weight decay are settings, never tuned on
 the test split); the test split is read only to score the trained heads. `--seeds N` repeats training
-with N seeds (head initialisation and batch order) and reports mean ± std. `--train STORE` trains the
-same heads on the whole real training store, for the ratio synthetic / whole.
+with N seeds (head initialisation and batch order) and reports mean ± std. Several sets of one
+configuration (condensation seeds, `load_sets`) give mean ± std over sets × head seeds, with each set's
+mean, so the spread between condensation seeds is seen apart from the head seeds'. `--train STORE`
+trains the same heads on the whole real training store (once: it does not depend on the sets), for the
+ratio synthetic / whole.
+
+Example::
+
+    result = evaluate(["dm-0.safetensors", "dm-1.safetensors"], "stores/test", seeds=3)
+    result["mean"], result["std"], result["set_std"], len(result["runs"])   # runs: 2 sets x 3 seeds = 6
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +38,28 @@ from ibdc_cli.encoders.imagebind import same_encoder
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import log
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
-from ibdc_cli.store import Store, load_synthetic_set, open_store
+from ibdc_cli.store import Store, _flatten, load_synthetic_set, open_store
 
 PROTOCOLS = ("linear", "mlp", "convnet", "retrieval")
+# Metadata in which sets of one configuration may differ: the condensation seed and what each run records
+# about itself. Paths are left out too: the encoder's SHA-256 and the store's fingerprint identify what they
+# name, and how often a run saved its state does not change its rows.
+PER_RUN_FIELDS = (
+    "seed",
+    "settings.seed",
+    "loss_history",
+    "final_loss",
+    "wall_time_s",
+    "peak_memory_mib",
+    "created",
+    "command",
+    "ibdc_version",
+    "source_store.path",
+    "settings.checkpoint",
+    "settings.manifest",
+    "settings.checkpoint_every",
+)
+SyntheticSet = tuple[Path, dict[str, torch.Tensor], dict[str, Any]]
 
 
 @dataclass
@@ -101,6 +129,91 @@ def summarize_runs(values: list[float]) -> dict[str, Any]:
     }
 
 
+def summarize_sets(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary of one metric over sets x head seeds, from `runs` `[{"set", "seed", "value"}]`.
+
+    `{"mean", "std" (population, over all runs), "runs", "per_set": [{"set", "mean", "std"}], "set_std"}`;
+    `set_std` is the std of the per-set means, the spread between condensation seeds (0.0 for one set).
+    """
+    by_set: dict[str, list[float]] = {}
+    for run in runs:
+        by_set.setdefault(run["set"], []).append(run["value"])
+    per_set = []
+    for path, values in by_set.items():
+        summary = summarize_runs(values)
+        per_set.append({"set": path, "mean": summary["mean"], "std": summary["std"]})
+    means = [s["mean"] for s in per_set]
+    return {
+        **summarize_runs([run["value"] for run in runs]),
+        "runs": runs,
+        "per_set": per_set,
+        "set_std": statistics.pstdev(means) if len(means) > 1 else 0.0,
+    }
+
+
+def spread_words(sets: int, seeds: int) -> str:
+    """What a mean ± std is taken over, for people: "3 sets × 3 head seeds", or head seeds only."""
+    heads = f"{seeds} head seed{'s' if seeds != 1 else ''}"
+    return f"{sets} sets × {heads}" if sets > 1 else f"1 set × {heads}: spread over head seeds only"
+
+
+def load_sets(synthetic: str | Path | Sequence[str | Path]) -> list[SyntheticSet]:
+    """`(path, tensors, metadata)` of each set to evaluate together, checked to be one configuration.
+
+    Sets of one configuration (e.g. `ibdc condense --seed 0`, `1`, `2`) have the same metadata but for
+    `PER_RUN_FIELDS`, the same space-map tensors (so one whole-data result serves them all) and
+    different seeds; anything else raises IbdcError naming the set and the setting.
+    """
+    paths = [Path(synthetic)] if isinstance(synthetic, str | Path) else [Path(p) for p in synthetic]
+    if not paths:
+        raise IbdcError("evaluate needs at least one synthetic set")
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if path.resolve() in seen:
+            raise IbdcError(f"{path} is given twice; each set counts once in mean ± std")
+        seen[path.resolve()] = path
+    sets = [(path, *load_synthetic_set(path)) for path in paths]
+    first, first_tensors, first_meta = sets[0]
+    reference = _configuration(first_meta)
+    seeds = {first_meta.get("seed"): first}
+    for path, tensors, meta in sets[1:]:
+        config = _configuration(meta)
+        differing = sorted(
+            (k for k in reference.keys() | config.keys() if reference.get(k, "(none)") != config.get(k, "(none)")),
+            key=lambda k: (not k.startswith("settings."), k),  # name the user's option first
+        )
+        if differing:
+            key = differing[0]
+            mine, theirs = _short(config.get(key, "(none)")), _short(reference.get(key, "(none)"))
+            what = f"--{key.removeprefix('settings.').replace('_', '-')}" if key.startswith("settings.") else key
+            raise IbdcError(
+                f"{path} was made with {what} {mine}, {first} with {theirs}; sets evaluated together may differ "
+                "only in --seed"
+            )
+        for name in sorted(n for n in first_tensors.keys() | tensors.keys() if n.startswith(("center.", "whiten."))):
+            this, reference_map = tensors.get(name), first_tensors.get(name)
+            same_shape = this is not None and reference_map is not None and this.shape == reference_map.shape
+            if not same_shape or not torch.allclose(this, reference_map, rtol=1e-4, atol=1e-6):
+                raise IbdcError(f"{path}: its space map {name} differs from that of {first} (fitted on other data?)")
+        seed = meta.get("seed")
+        if seed is not None and seed in seeds:
+            raise IbdcError(
+                f"{path} and {seeds[seed]} both have --seed {seed}: sets evaluated together differ in --seed"
+            )
+        seeds[seed] = path
+    return sets
+
+
+def _configuration(meta: dict[str, Any]) -> dict[str, Any]:
+    flat = _flatten(meta)
+    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in PER_RUN_FIELDS)}
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def whole_data_fields(synthetic_mean: float, whole_runs: list[float]) -> dict[str, Any]:
     """The whole-data result of a metric (`--train`) and the ratio synthetic / whole."""
     whole = summarize_runs(whole_runs)
@@ -122,7 +235,7 @@ def set_class_ids(store: Store, class_names: list[str], labels: torch.Tensor) ->
 
 
 def evaluate(
-    synthetic: str | Path,
+    synthetic: str | Path | Sequence[str | Path],
     test_store: str | Path,
     *,
     protocol: str = "linear",
@@ -134,7 +247,13 @@ def evaluate(
     test_manifest: str | Path | None = None,
     train_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of heads trained on `synthetic` and tested on `test_store` (mean ± std over seeds)."""
+    """Accuracy of heads trained on `synthetic` and tested on `test_store`: mean ± std over sets x seeds.
+
+    `synthetic` is one set or several of one configuration (condensation seeds; see `load_sets`).
+    Returns `{"protocol", "metric", "sets", "seeds", "method", "dpc", "modalities", "test_rows", "schedule",
+    "mean", "std", "runs": [{"set", "seed", "value"}], "per_set", "set_std"}` (`summarize_sets`), and with
+    `train_store` `"whole_mean", "whole_std", "whole_runs"` (one per seed) and `"ratio"`.
+    """
     schedule = schedule or HeadSchedule()
     if protocol not in PROTOCOLS:
         raise IbdcError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
@@ -151,16 +270,15 @@ def evaluate(
             schedule=schedule if isinstance(schedule, RetrievalSchedule) else None,
             modalities=modalities,
         )
-    tensors, meta = load_synthetic_set(synthetic)
+    sets = load_sets(synthetic)
+    meta = sets[0][2]
     test = open_store(test_store)
     modalities = modalities or list(meta["modalities"])
     if protocol == "convnet":
         from ibdc_cli.convnet_eval import ConvnetSchedule, evaluate_convnet
 
         return evaluate_convnet(
-            synthetic,
-            tensors,
-            meta,
+            sets,
             test,
             modalities,
             seeds=seeds,
@@ -169,32 +287,37 @@ def evaluate(
             test_manifest=test_manifest,
             train_manifest=train_manifest,
         )
-    _check_compatible(meta, test, modalities, synthetic)
-    features = _synthetic_features(tensors, meta, modalities, synthetic, checkpoint)
     class_names = list(meta["class_names"])
-    space_maps = space_maps_of_set(tensors, modalities)
-    test_data, test_labels = _store_features(test, modalities, class_names, space_maps)
-    syn_labels = tensors["labels"].long()
-
     runs = []
-    for seed in range(seeds):
-        heads = train_heads(features, syn_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed)
-        runs.append(100.0 * fused_accuracy(heads, test_data, test_labels))
+    for path, tensors, set_meta in sets:
+        _check_compatible(set_meta, test, modalities, path)
+        features = _synthetic_features(tensors, set_meta, modalities, path, checkpoint)
+        test_data, test_labels = _store_features(test, modalities, class_names, space_maps_of_set(tensors, modalities))
+        syn_labels = tensors["labels"].long()
+        for seed in range(seeds):
+            heads = train_heads(features, syn_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed)
+            runs.append(
+                {"set": str(path), "seed": seed, "value": 100.0 * fused_accuracy(heads, test_data, test_labels)}
+            )
     result: dict[str, Any] = {
         "protocol": protocol,
         "metric": "top-1 accuracy (%)",
-        "synthetic": str(synthetic),
+        "sets": [str(path) for path, _, _ in sets],
+        "seeds": seeds,
         "method": meta.get("method"),
         "dpc": meta.get("dpc"),
         "modalities": modalities,
         "test_rows": int(test_labels.numel()),
         "schedule": vars(schedule),
-        **summarize_runs(runs),
+        **summarize_sets(runs),
     }
     if train_store is not None:
+        # the sets share their space maps (load_sets checks), so the whole-data heads are trained once
+        space_maps = space_maps_of_set(sets[0][1], modalities)
         train = open_store(train_store)
         _check_compatible(meta, train, modalities, train_store)
         train_data, train_labels = _store_features(train, modalities, class_names, space_maps)
+        test_data, test_labels = _store_features(test, modalities, class_names, space_maps)
         log(f"training the same heads on the whole store {train.path} ({train_labels.numel()} rows)")
         whole = []
         for seed in range(seeds):
@@ -204,6 +327,23 @@ def evaluate(
             whole.append(100.0 * fused_accuracy(heads, test_data, test_labels))
         result.update(whole_data_fields(result["mean"], whole))
     return result
+
+
+def format_accuracy(result: dict[str, Any]) -> str:
+    """An accuracy result (`linear`, `mlp`, `convnet`) for people: mean ± std, what the spread is over,
+    each set's mean when there are several, and the whole-data line with `--train`."""
+    spread = spread_words(len(result["sets"]), result["seeds"])
+    lines = [
+        f"{result['method']} dpc {result['dpc']}: {result['mean']:.2f} ± {result['std']:.2f} % "
+        f"({result['protocol']}, {spread}, {result['test_rows']} test rows)"
+    ]
+    if len(result["sets"]) > 1:
+        means = ", ".join(f"{s['mean']:.2f}" for s in result["per_set"])
+        lines.append(f"per set: {means} %   std between sets {result['set_std']:.2f}")
+    if "whole_mean" in result:
+        ratio = "-" if result["ratio"] is None else f"{result['ratio']:.3f}"
+        lines.append(f"whole data: {result['whole_mean']:.2f} ± {result['whole_std']:.2f} %   ratio {ratio}")
+    return "\n".join(lines)
 
 
 def _synthetic_features(tensors, meta, modalities, path, checkpoint=None) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ibdc_cli.space import space_maps_of_set
 from ibdc_cli.store import open_store
 
 stdout = Console(highlight=False, soft_wrap=True)
@@ -86,6 +87,12 @@ def describe_synthetic(path: str | Path) -> dict[str, Any]:
 
     tensors, meta = load_synthetic_set(path)
     history = meta.get("loss_history", {})
+    modalities = list(meta.get("modalities", []))
+    space_maps = space_maps_of_set(tensors, modalities)
+    statistics = {
+        m: space_map.center.numel() + (0 if space_map.whitening is None else space_map.whitening.numel())
+        for m, space_map in space_maps.items()
+    }
     return {
         "kind": meta.get("kind"),
         "path": str(path),
@@ -99,6 +106,12 @@ def describe_synthetic(path: str | Path) -> dict[str, Any]:
         },
         "dpc": meta.get("dpc"),
         "rows": int(tensors["labels"].numel()),
+        # what the set carries besides its rows: the space map is a statistic of the whole training store
+        "numbers": {
+            "rows": sum(tensors[m].numel() for m in modalities),
+            "statistics": sum(statistics.values()),
+            "statistics_by_modality": statistics,
+        },
         "rows_per_class": meta.get("rows_per_class", {}),
         "class_names": meta.get("class_names", []),
         "encoder": meta.get("encoder", {}),
@@ -126,6 +139,16 @@ def print_synthetic(info: dict[str, Any]) -> None:
     )
     for name, tensor in info["tensors"].items():
         stdout.print(f"  tensor       {name} {tensor['shape']} {tensor['dtype']}")
+    numbers = info["numbers"]
+    stdout.print(
+        f"  numbers      {numbers['rows']:,} in the {info['rows']} rows + {numbers['statistics']:,} of whole-training-"
+        f"data statistics (space map {info['space_map']})"
+    )
+    if numbers["statistics"]:
+        stdout.print(
+            f"  [dim]budget: the set is its {info['rows']} rows and these statistics; against a budget of "
+            f"{info['rows']} real rows, count them too or condense with --space-map none[/]"
+        )
     stdout.print(f"  encoder      {encoder.get('preset')} (out dim {encoder.get('out_dim')}), {weights}")
     source = info["source_store"]
     stdout.print(f"  source store {source.get('path')}  fingerprint {str(source.get('fingerprint'))[:16]}…")

@@ -12,10 +12,12 @@ Example::
 
     result = evaluate_retrieval("syn.safetensors", "stores/test", seeds=3, train_store="stores/train")
     result["metrics"]["audio->text R@10"]["mean"]   # percent
+    evaluate_retrieval(["k20-0.safetensors", "k20-1.safetensors"], "stores/test")  # over sets x seeds
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.evaluate import _check_compatible, summarize_runs, whole_data_fields
+from ibdc_cli.evaluate import _check_compatible, load_sets, spread_words, summarize_sets, whole_data_fields
 from ibdc_cli.methods.selection import joint_embedding
 from ibdc_cli.runtime import log
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
-from ibdc_cli.store import load_synthetic_set, open_store
+from ibdc_cli.store import open_store
 
 RECALL_AT = (1, 5, 10)
 HEADS = ("linear", "mlp")
@@ -129,7 +131,7 @@ def retrieval_scores(heads: dict[str, torch.nn.Module], pairs: dict[str, torch.T
 
 
 def evaluate_retrieval(
-    synthetic: str | Path,
+    synthetic: str | Path | Sequence[str | Path],
     test_store: str | Path,
     *,
     seeds: int = 3,
@@ -139,8 +141,10 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Recall@1/5/10 both ways of heads trained on the pairs of `synthetic`, on `test_store`'s pairs.
 
-    Returns `{"protocol": "retrieval", ..., "metrics": {"audio->text R@1": {"mean", "std", "runs"
-    [, "whole_mean", "whole_std", "whole_runs", "ratio"]}, ...}}`; "ratio" is synthetic / whole.
+    `synthetic` is one set or several of one configuration (`evaluate.load_sets`). Returns
+    `{"protocol": "retrieval", "sets", "seeds", ..., "metrics": {"audio->text R@1": {"mean", "std", "runs",
+    "per_set", "set_std" [, "whole_mean", "whole_std", "whole_runs", "ratio"]}, ...}}`: mean ± std over sets
+    x seeds (`evaluate.summarize_sets`); "ratio" is synthetic / whole.
     """
     schedule = schedule or RetrievalSchedule()
     if schedule.head not in HEADS:
@@ -149,37 +153,38 @@ def evaluate_retrieval(
         raise IbdcError("--seeds must be at least 1")
     if schedule.epochs < 1:
         raise IbdcError("--epochs must be at least 1")
-    tensors, meta = load_synthetic_set(synthetic)
+    sets = load_sets(synthetic)
+    first, first_tensors, meta = sets[0]
     modalities = modalities or list(meta["modalities"])
     if len(modalities) != 2:
         raise IbdcError(
-            f"--protocol retrieval needs exactly two paired modalities; {synthetic} has "
+            f"--protocol retrieval needs exactly two paired modalities; {first} has "
             f"{len(modalities)} ({', '.join(modalities)})"
         )
-    missing = [m for m in modalities if m not in tensors]
-    if missing:
-        raise IbdcError(f"synthetic set {synthetic} has no {missing[0]!r} (it has: {', '.join(meta['modalities'])})")
-    if any(meta.get("tensor_spaces", {}).get(m) == "input" for m in modalities):
-        raise IbdcError(f"{synthetic} holds model inputs (--space input); --protocol retrieval needs embeddings")
     test = open_store(test_store)
-    _check_compatible(meta, test, modalities, synthetic)
-    space_maps = space_maps_of_set(tensors, modalities)
-    syn_pairs = {m: tensors[m] for m in modalities}
-    test_pairs = _store_pairs(test, modalities, space_maps)
+    for path, tensors, set_meta in sets:
+        missing = [m for m in modalities if m not in tensors]
+        if missing:
+            raise IbdcError(f"synthetic set {path} has no {missing[0]!r} (it has: {', '.join(set_meta['modalities'])})")
+        if any(set_meta.get("tensor_spaces", {}).get(m) == "input" for m in modalities):
+            raise IbdcError(f"{path} holds model inputs (--space input); --protocol retrieval needs embeddings")
+        _check_compatible(set_meta, test, modalities, path)
 
-    runs: dict[str, list[float]] = {}
-    for seed in range(seeds):
-        heads = train_projection_heads(syn_pairs, schedule, seed)
-        for name, value in retrieval_scores(heads, test_pairs).items():
-            runs.setdefault(name, []).append(value)
-    metrics = {name: summarize_runs(values) for name, values in runs.items()}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for path, tensors, _ in sets:
+        test_pairs = _store_pairs(test, modalities, space_maps_of_set(tensors, modalities))
+        for seed in range(seeds):
+            heads = train_projection_heads({m: tensors[m] for m in modalities}, schedule, seed)
+            for name, value in retrieval_scores(heads, test_pairs).items():
+                runs.setdefault(name, []).append({"set": str(path), "seed": seed, "value": value})
+    metrics = {name: summarize_sets(values) for name, values in runs.items()}
     result: dict[str, Any] = {
         "protocol": "retrieval",
         "metric": "recall@k (%)",
-        "synthetic": str(synthetic),
+        "sets": [str(path) for path, _, _ in sets],
         "method": meta.get("method"),
         "dpc": meta.get("dpc"),
-        "pairs": int(tensors[modalities[0]].shape[0]),
+        "pairs": int(first_tensors[modalities[0]].shape[0]),
         "pseudo_labels": meta.get("pseudo_labels"),
         "modalities": modalities,
         "test_pairs": int(test_pairs[modalities[0]].shape[0]),
@@ -188,9 +193,12 @@ def evaluate_retrieval(
         "metrics": metrics,
     }
     if train_store is not None:
+        # the sets share their space maps (load_sets checks), so the whole-data heads are trained once
+        space_maps = space_maps_of_set(first_tensors, modalities)
         train = open_store(train_store)
         _check_compatible(meta, train, modalities, train_store)
         train_pairs = _store_pairs(train, modalities, space_maps)
+        test_pairs = _store_pairs(test, modalities, space_maps)
         log(f"training the same heads on the whole store {train.path} ({len(train_pairs[modalities[0]])} pairs)")
         whole: dict[str, list[float]] = {}
         for seed in range(seeds):
@@ -212,12 +220,13 @@ def _store_pairs(store, modalities: list[str], space_maps: dict[str, SpaceMap]) 
 
 
 def format_retrieval(result: dict[str, Any]) -> str:
-    """The result as a small table for people: one row per direction, R@1/5/10 as mean ± std."""
+    """The result as a small table for people: one row per direction, R@1/5/10 as mean ± std (over sets x
+    seeds), the std between the sets' means when there are several, and the whole-data rows with `--train`."""
     metrics = result["metrics"]
     directions = list(dict.fromkeys(name.split(" ")[0] for name in metrics))
+    spread = spread_words(len(result["sets"]), result["seeds"])
     lines = [
-        f"{result['method']}, {result['pairs']} pairs: recall@k (%) on {result['test_pairs']} test pairs, "
-        f"{result['seeds']} seeds"
+        f"{result['method']}, {result['pairs']} pairs: recall@k (%) on {result['test_pairs']} test pairs, {spread}"
     ]
     whole = "whole_mean" in next(iter(metrics.values()))
     header = f"{'':<14}" + "".join(f"{'R@' + str(k):>16}" for k in RECALL_AT)
@@ -225,6 +234,10 @@ def format_retrieval(result: dict[str, Any]) -> str:
     for direction in directions:
         cells = [metrics[f"{direction} R@{k}"] for k in RECALL_AT]
         lines.append(f"{direction:<14}" + "".join(f"{c['mean']:>9.1f} ± {c['std']:<4.1f}" for c in cells))
+        if len(result["sets"]) > 1:
+            lines.append(
+                f"{'  between sets':<14}" + "".join(f"{'± ' + format(c['set_std'], '.1f'):>16}" for c in cells)
+            )
         if whole:
             lines.append(
                 f"{'  whole data':<14}" + "".join(f"{c['whole_mean']:>9.1f} ± {c['whole_std']:<4.1f}" for c in cells)

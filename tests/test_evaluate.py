@@ -115,3 +115,84 @@ def test_bad_input(digits, syn, tmp_path, cli):
     )
     result = cli("evaluate", audio_only, "--test", other)
     assert result.code == 2
+
+
+# ------------------------------------------------------------------------ several sets of one configuration
+
+
+@pytest.fixture(scope="module")
+def seed_sets(digits, tmp_path_factory):
+    """Random selections (DPC 2) with condensation seeds 0, 1, 2: three sets of one configuration."""
+    from ibdc_cli.condense import CondenseConfig, condense
+
+    root = tmp_path_factory.mktemp("seeds")
+    paths = []
+    for seed in range(3):
+        paths.append(root / f"random-{seed}.safetensors")
+        config = CondenseConfig(modalities=["audio", "image"], dpc=2, method="random", seed=seed)
+        condense(digits["train"], paths[-1], config)
+    return paths
+
+
+def test_several_sets_mean_over_sets_and_head_seeds(digits, seed_sets, cli):
+    import statistics
+
+    result = cli(
+        "evaluate", *seed_sets, "--test", digits["test"], "--train", digits["train"], "--seeds", 2, "--epochs", 20,
+        "--json",
+    )  # fmt: skip
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    runs = report["runs"]
+    assert report["sets"] == [str(p) for p in seed_sets] and report["seeds"] == 2
+    assert sorted((r["set"], r["seed"]) for r in runs) == sorted((str(p), s) for p in seed_sets for s in range(2))
+    values = [r["value"] for r in runs]
+    assert report["mean"] == pytest.approx(statistics.fmean(values))
+    assert report["std"] == pytest.approx(statistics.pstdev(values))
+    per_set = {s["set"]: s["mean"] for s in report["per_set"]}
+    for path in seed_sets:
+        assert per_set[str(path)] == pytest.approx(statistics.fmean(r["value"] for r in runs if r["set"] == str(path)))
+    assert report["set_std"] == pytest.approx(statistics.pstdev(per_set.values()))
+    assert len(report["whole_runs"]) == 2  # the whole-data heads are trained once, not once per set
+    assert report["ratio"] == pytest.approx(report["mean"] / report["whole_mean"])
+    human = cli("evaluate", *seed_sets, "--test", digits["test"], "--seeds", 2, "--epochs", 5)
+    assert human.code == 0 and "3 sets × 2 head seeds" in human.out and "std between sets" in human.out, human
+
+
+def test_several_sets_are_the_single_sets_runs_together(digits, seed_sets):
+    """Evaluating sets together scores each set as evaluating it alone does."""
+    from ibdc_cli.evaluate import evaluate
+
+    schedule = HeadSchedule(epochs=10)
+    together = evaluate(seed_sets[:2], digits["test"], seeds=2, schedule=schedule)
+    alone = [evaluate(path, digits["test"], seeds=2, schedule=schedule) for path in seed_sets[:2]]
+    assert [r["value"] for r in together["runs"]] == pytest.approx([r["value"] for a in alone for r in a["runs"]])
+    assert [s["mean"] for s in together["per_set"]] == pytest.approx([a["mean"] for a in alone])
+    assert alone[0]["set_std"] == 0.0 and len(alone[0]["per_set"]) == 1
+
+
+def test_one_set_says_the_spread_is_over_head_seeds_only(digits, seed_sets, cli):
+    result = cli("evaluate", seed_sets[0], "--test", digits["test"], "--seeds", 2, "--epochs", 5)
+    assert result.code == 0, result
+    assert "1 set × 2 head seeds" in result.out and "head seeds only" in result.out, result
+
+
+def test_sets_of_other_configurations_are_refused(digits, seed_sets, tmp_path, cli):
+    from ibdc_cli.condense import CondenseConfig, condense
+
+    other = tmp_path / "dpc3.safetensors"
+    condense(digits["train"], other, CondenseConfig(modalities=["audio", "image"], dpc=3, method="random", seed=5))
+    result = cli("evaluate", seed_sets[0], other, "--test", digits["test"], "--seeds", 1, "--epochs", 1)
+    assert result.code == 2 and str(other) in result.err and "--dpc 3" in result.err, result
+    assert len(result.err.strip().splitlines()) == 1, result
+    unmapped = tmp_path / "none.safetensors"
+    config = CondenseConfig(modalities=["audio", "image"], dpc=2, method="random", seed=6, space_map="none")
+    condense(digits["train"], unmapped, config)
+    result = cli("evaluate", *seed_sets, unmapped, "--test", digits["test"], "--seeds", 1, "--epochs", 1)
+    assert result.code == 2 and str(unmapped) in result.err and "--space-map none" in result.err, result
+    copy = tmp_path / "copy-of-seed-0.safetensors"
+    shutil.copy(seed_sets[0], copy)
+    result = cli("evaluate", seed_sets[0], copy, "--test", digits["test"], "--seeds", 1, "--epochs", 1)
+    assert result.code == 2 and "--seed 0" in result.err, result
+    result = cli("evaluate", seed_sets[0], seed_sets[0], "--test", digits["test"], "--seeds", 1, "--epochs", 1)
+    assert result.code == 2 and "given twice" in result.err, result

@@ -75,7 +75,7 @@ def test_linear_embeds_input_space_sets_with_the_recorded_encoder(digits, input_
     schedule = HeadSchedule(epochs=30)
     one = evaluate(input_set, digits["test"], seeds=2, schedule=schedule)
     two = evaluate(embedded, digits["test"], seeds=2, schedule=schedule)
-    assert one["runs"] == pytest.approx(two["runs"], abs=1e-6)
+    assert [r["value"] for r in one["runs"]] == pytest.approx([r["value"] for r in two["runs"]], abs=1e-6)
     assert one["mean"] > 15  # 10 classes: chance is 10 %
 
 
@@ -102,7 +102,7 @@ def test_convnet_json_schema_and_whole_data(digits, input_set, cli):
     assert report["protocol"] == "convnet" and len(report["runs"]) == 2 and len(report["whole_runs"]) == 2
     assert report["schedule"]["epochs"] == 1 and report["schedule"]["resolution"] == 32
     assert report["test_rows"] == 220 and report["modalities"] == ["audio", "image"]
-    assert all(0 <= run <= 100 for run in report["runs"] + report["whole_runs"])
+    assert all(0 <= value <= 100 for value in [r["value"] for r in report["runs"]] + report["whole_runs"])
     assert report["ratio"] == pytest.approx(report["mean"] / report["whole_mean"])
     human = cli("evaluate", input_set, "--test", digits["test"], "--protocol", "convnet", "--seeds", 1, "--epochs", 2)
     assert human.code == 0 and "±" in human.out and "convnet" in human.out
@@ -146,6 +146,22 @@ def test_shuffled_test_labels_leave_the_convnets_identical(digits, input_set, tm
         for pa, pb in zip(trained[0][m], trained[1][m], strict=True):
             assert torch.equal(pa, pb)
     assert one["mean"] != two["mean"]
+
+
+def test_convnet_over_several_sets(digits, tmp_path):
+    """Input-space random selections with condensation seeds 0 and 1: ConvNet accuracy over 2 sets x 1 seed."""
+    from ibdc_cli.condense import CondenseConfig, condense
+    from ibdc_cli.evaluate import evaluate, format_accuracy
+
+    sets = [tmp_path / f"input-{seed}.safetensors" for seed in (0, 1)]
+    for seed, out in enumerate(sets):
+        config = CondenseConfig(modalities=["audio", "image"], dpc=1, method="random", space="input", seed=seed)
+        condense(digits["train"], out, config)
+    result = evaluate(sets, digits["test"], protocol="convnet", seeds=1, schedule=ConvnetSchedule(epochs=1))
+    assert [(r["set"], r["seed"]) for r in result["runs"]] == [(str(sets[0]), 0), (str(sets[1]), 0)]
+    assert [s["mean"] for s in result["per_set"]] == pytest.approx([r["value"] for r in result["runs"]])
+    assert result["mean"] == pytest.approx(sum(r["value"] for r in result["runs"]) / 2)
+    assert "2 sets × 1 head seed" in format_accuracy(result)
 
 
 def test_bad_input(digits, input_set, embedding_set, tmp_path, cli):

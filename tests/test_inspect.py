@@ -169,6 +169,28 @@ def test_failed_export_leaves_nothing(input_set, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("space_map", ["whiten", "center", "none"])
+def test_inspect_counts_the_whole_data_statistics_a_set_carries(digits, tmp_path, cli, space_map):
+    """A space map is a statistic of the whole training store: a mean [D] (center), and a [D, D] whitening
+    matrix too (whiten), per modality; inspect counts them next to the numbers in the rows."""
+    from ibdc_cli.condense import CondenseConfig, condense
+    from ibdc_cli.store import open_store
+
+    out = tmp_path / f"{space_map}.safetensors"
+    config = CondenseConfig(modalities=["audio", "image"], dpc=1, method="random", space_map=space_map)
+    condense(digits["train"], out, config)
+    dims = open_store(digits["train"]).modalities
+    per_modality = {"whiten": lambda d: d + d * d, "center": lambda d: d, "none": lambda d: 0}[space_map]
+    result = cli("inspect", out, "--json")
+    assert result.code == 0, result
+    numbers = json.loads(result.out)["numbers"]
+    assert numbers["rows"] == 10 * (dims["audio"] + dims["image"])  # 10 classes x DPC 1
+    assert numbers["statistics"] == per_modality(dims["audio"]) + per_modality(dims["image"])
+    human = cli("inspect", out)
+    assert human.code == 0 and f"{numbers['statistics']:,} of whole-training-data statistics" in human.out, human
+    assert ("count them too or condense with --space-map none" in human.out) == (space_map != "none")
+
+
 def test_bad_input_exit_2(embedding_set, digits, tmp_path, cli):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(embedding_set.read_bytes()[:200])

@@ -147,6 +147,35 @@ def test_cli_json_schema_and_table(stores, pairs_set, cli):
     assert "audio->text" in human.out and "text->audio" in human.out and "±" in human.out
 
 
+def test_several_sets_recalls_over_sets_and_seeds(stores, pairs_set, tmp_path, cli):
+    """Random pairs with condensation seeds 0 and 1: each recall is mean ± std over 2 sets x 2 head seeds,
+    each set's mean is given, and the whole-data heads are trained once."""
+    import statistics
+
+    from ibdc_cli.condense import CondenseConfig, condense
+    from ibdc_cli.retrieval import format_retrieval
+
+    other = tmp_path / "random-1.safetensors"
+    condense(stores["train"], other, CondenseConfig(modalities=["audio", "text"], dpc=40, method="random", seed=1))
+    result = evaluate_retrieval([pairs_set, other], stores["test"], seeds=2, train_store=stores["train"], schedule=FAST)
+    assert result["sets"] == [str(pairs_set), str(other)] and result["seeds"] == 2
+    for block in result["metrics"].values():
+        values = [r["value"] for r in block["runs"]]
+        assert [(r["set"], r["seed"]) for r in block["runs"]] == [
+            (str(p), s) for p in (pairs_set, other) for s in (0, 1)
+        ]
+        assert block["mean"] == pytest.approx(statistics.fmean(values))
+        assert [s["mean"] for s in block["per_set"]] == pytest.approx(
+            [statistics.fmean(values[:2]), statistics.fmean(values[2:])]
+        )
+        assert block["set_std"] == pytest.approx(statistics.pstdev(s["mean"] for s in block["per_set"]))
+        assert len(block["whole_runs"]) == 2
+    table = format_retrieval(result)
+    assert "2 sets × 2 head seeds" in table and "between sets" in table
+    one = cli("evaluate", pairs_set, "--test", stores["test"], "--protocol", "retrieval", "--seeds", 1, "--epochs", 2)
+    assert one.code == 0 and "1 set × 1 head seed: spread over head seeds only" in one.out, one
+
+
 # ------------------------------------------------------------------------------------ pseudo-classes
 
 

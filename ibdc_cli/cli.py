@@ -287,8 +287,6 @@ def condense(
 
     Example: ibdc condense stores/train --modalities audio,image --dpc 1 --preset paper --iterations 100
     """
-    from click.core import ParameterSource
-
     from ibdc_cli.condense import CondenseConfig
     from ibdc_cli.condense import condense as run_condense
     from ibdc_cli.data.manifest import parse_modalities
@@ -324,8 +322,9 @@ def condense(
         checkpoint=str(checkpoint) if checkpoint else None,
         manifest=str(manifest) if manifest else None,
     )
-    # A preset sets the options left at their defaults; the ones given on the command line win.
-    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    # A preset sets the options left at their defaults; the ones given on the command line win. (By name:
+    # Typer ships its own copy of click, whose ParameterSource is not click.core's.)
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     config = CondenseConfig.from_preset(preset, modalities=parse_modalities(modalities), **given)
     config.check()
     store = store if store is not None else default_store()

@@ -65,14 +65,14 @@ class CondenseConfig:
     real_batch: int = 256  # real rows of a class per step; 0 = all
     num_freqs: int = 4096
     sigma: float = 1.0
-    cf_reduction: str = "eq3"
-    alpha: float = 0.5
-    beta: float = 0.5
-    lambda_uni: float = 1.0
-    lambda_cross: float = 1.0
-    lambda_joint: float = 1.0
-    cross_form: str = "none"  # the paper form measurably hurt (docs/benchmarks.md): opt in
-    joint_form: str = "cf"
+    cf_reduction: str = losses.DEFAULT_REDUCTION
+    alpha: float = losses.DEFAULT_ALPHA
+    beta: float = losses.DEFAULT_BETA
+    lambda_uni: float = losses.DEFAULT_LAMBDA
+    lambda_cross: float = losses.DEFAULT_LAMBDA
+    lambda_joint: float = losses.DEFAULT_LAMBDA
+    cross_form: str = losses.DEFAULT_CROSS_FORM  # the paper form measurably hurt (docs/benchmarks.md): opt in
+    joint_form: str = losses.DEFAULT_JOINT_FORM
     freq_bank: int = 16  # B fixed draws with cached real CFs (0: fresh every step, the paper); not with convnet
     space_map: str = "whiten"  # the space of the store's embeddings that is matched: see ibdc_cli/space.py
     init: str = "real"
@@ -85,6 +85,15 @@ class CondenseConfig:
     model: str | None = None
     checkpoint: str | None = None
     manifest: str | None = None
+    preset: str | None = None  # the PRESETS entry these settings started from (None: ibdc's defaults)
+
+    @classmethod
+    def from_preset(cls, preset: str | None, **overrides: Any) -> CondenseConfig:
+        """The settings of `preset` (a `PRESETS` name; None = "default"), then `overrides` on top.
+
+        Example: `CondenseConfig.from_preset("paper", modalities=["audio", "image"], iterations=100)`.
+        """
+        return cls(**{**_preset_settings(preset), **overrides, "preset": preset})
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -92,6 +101,7 @@ class CondenseConfig:
         return 0.05 if self.space == "embedding" else 0.01
 
     def check(self) -> None:
+        _preset_settings(self.preset)
         choices = {
             "method": (self.method, METHODS),
             "space": (self.space, SPACES),
@@ -119,6 +129,43 @@ class CondenseConfig:
                 raise IbdcError("--guide convnet optimises model inputs: use it with --space input")
             if "text" in self.modalities:
                 raise IbdcError("--guide convnet has no text network; drop text from --modalities")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ibdc's defaults: CondenseConfig's, chosen by measurement (docs/method.md).
+    "default": {},
+    # The paper's configuration (Min et al., AAAI 2026). docs/method.md has a table with the source of each
+    # value: the paper's section or equation, the authors' code, or "open, picked" with the reason.
+    "paper": {
+        "method": "imagebinddc",
+        "space": "input",  # synthetic pixels and fbanks through the frozen encoder: the paper's main setting
+        "guide": "imagebind",
+        "cross_form": "paper",  # Eq. 8-11
+        "joint_form": "paper",  # Eq. 12-13 with the printed dot product
+        "lambda_uni": 1.0,
+        "lambda_cross": 1.0,
+        "lambda_joint": 1.0,
+        "cf_reduction": "eq3",  # Eq. 3
+        "alpha": 0.5,
+        "beta": 0.5,
+        "num_freqs": 4096,
+        "sigma": 1.0,
+        "freq_bank": 0,  # fresh frequencies every step
+        "space_map": "none",  # the encoder's own space
+        "init": "real",
+        "optimizer": "sgd",  # momentum 0.5, as the authors' code
+        "lr": 30.0,
+        "iterations": 5000,
+        "real_batch": 128,
+    },
+}
+"""Named sets of CondenseConfig settings (`ibdc condense --preset NAME`); options given explicitly win."""
+
+
+def _preset_settings(preset: str | None) -> dict[str, Any]:
+    if preset is not None and preset not in PRESETS:
+        raise IbdcError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
+    return PRESETS[preset or "default"]
 
 
 @dataclass
@@ -608,11 +655,14 @@ def _peak_rss_mib() -> float:
 
 
 def reproduce_command(store_path: Path, config: CondenseConfig, out: Path | None = None) -> str:
-    """The `ibdc condense` command line that makes this set again (options left at their defaults omitted)."""
-    defaults = CondenseConfig(modalities=config.modalities)
+    """The `ibdc condense` command line that makes this set again (options left at their defaults, or at
+    the values of the set's --preset, omitted)."""
+    defaults = CondenseConfig.from_preset(config.preset, modalities=config.modalities)
     parts = ["ibdc", "condense", str(store_path), "--modalities", ",".join(config.modalities)]
+    if config.preset is not None:
+        parts += ["--preset", config.preset]
     for key, value in asdict(config).items():
-        if key == "modalities" or value == getattr(defaults, key):
+        if key in ("modalities", "preset") or value == getattr(defaults, key):
             continue
         flag = key.replace("_", "-")
         if isinstance(value, bool):

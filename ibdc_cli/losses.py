@@ -12,7 +12,7 @@ ImageBindDC authors' code uses with alpha = beta = 0.5.
 Example::
 
     freqs = {m: sample_frequencies(4096, 1024, generator=g) for m in ("image", "audio")}
-    losses = imagebinddc_loss(real, syn, freqs=freqs, freqs_joint=None)
+    losses = imagebinddc_loss(real, syn, freqs=freqs, freqs_joint=sample_frequencies(4096, 2048, generator=g))
     losses["total"].backward()
 """
 
@@ -37,6 +37,18 @@ JointForm = Literal["paper", "paper-cos", "cf", "none"]
 REDUCTIONS: tuple[str, ...] = ("ncfm", "eq3")
 CROSS_FORMS: tuple[str, ...] = ("paper", "hybrid", "none")
 JOINT_FORMS: tuple[str, ...] = ("paper", "paper-cos", "cf", "none")
+
+# The product's default objective: CondenseConfig takes its defaults from here (one home per default).
+DEFAULT_REDUCTION: Reduction = "eq3"
+"""Eq. 3 at alpha = beta is a Monte-Carlo squared CF distance, an MMD (docs/method.md)."""
+DEFAULT_CROSS_FORM: CrossForm = "none"
+"""The paper form measurably hurt on av-digits (docs/benchmarks.md): opt in with ``cross_form="paper"``."""
+DEFAULT_JOINT_FORM: JointForm = "cf"
+"""The CFD of the concatenated modalities: the characteristic function of the joint distribution."""
+DEFAULT_ALPHA = 0.5
+DEFAULT_BETA = 0.5
+DEFAULT_LAMBDA = 1.0
+"""Default weight of each of the uni-, cross- and joint-modal terms."""
 
 CF_CHUNK_ELEMENTS = 2**24
 """Above this many projections (N * K) the CF is computed in row chunks, recomputed in backward."""
@@ -358,21 +370,24 @@ def imagebinddc_loss(
     *,
     freqs: Mapping[str, Tensor] | None,
     freqs_joint: Tensor | None,
-    lambda_uni: float = 1.0,
-    lambda_cross: float = 1.0,
-    lambda_joint: float = 1.0,
-    cross_form: CrossForm = "paper",
-    joint_form: JointForm = "paper",
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    reduction: Reduction = "ncfm",
+    lambda_uni: float = DEFAULT_LAMBDA,
+    lambda_cross: float = DEFAULT_LAMBDA,
+    lambda_joint: float = DEFAULT_LAMBDA,
+    cross_form: CrossForm = DEFAULT_CROSS_FORM,
+    joint_form: JointForm = DEFAULT_JOINT_FORM,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
+    reduction: Reduction = DEFAULT_REDUCTION,
     generator: torch.Generator | None = None,
     real_cf: Mapping[str, CF] | None = None,
     real_joint_cf: CF | None = None,
 ) -> dict[str, Tensor]:
     """ImageBindDC's tri-level objective for one class (SPEC §3).
 
-    ``total = lambda_uni * uni + lambda_cross * cross + lambda_joint * joint``.
+    ``total = lambda_uni * uni + lambda_cross * cross + lambda_joint * joint``. The keyword defaults are
+    the product's default objective (the ``DEFAULT_*`` constants, which ``CondenseConfig`` uses too):
+    uni + joint CF, no cross term, Eq. 3 reduction. The paper's printed objective is
+    ``cross_form="paper", joint_form="paper"`` (``ibdc condense --preset paper``).
 
     Args:
         real: ``modality -> [N, D_m]``, rows paired across modalities; syn: ``modality -> [M, D_m]``.

@@ -401,3 +401,119 @@ def test_default_store_from_environment(digits, tmp_path, cli, monkeypatch):
     assert result.code == 0, result
     assert f"using store {digits['train']}" in result.err and "IBDC_STORE" in result.err
     assert (tmp_path / "syn.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------- --preset
+
+
+def test_preset_paper_end_to_end_records_the_documented_settings(digits, tmp_path, cli):
+    from ibdc_cli.condense import PRESETS
+
+    out = tmp_path / "paper.safetensors"
+    overrides = {"iterations": 1, "num_freqs": 64}  # the rest as the preset sets it; a tiny run
+    result = cli(
+        "condense",
+        digits["train"],
+        "-m",
+        "audio,image",
+        "--dpc",
+        1,
+        "--preset",
+        "paper",
+        "--iterations",
+        1,
+        "--num-freqs",
+        64,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    )
+    assert result.code == 0, result
+    tensors, meta = load_synthetic_set(out)
+    settings = meta["settings"]
+    expected = {**PRESETS["paper"], **overrides}
+    assert {key: settings[key] for key in expected} == expected
+    assert settings["preset"] == "paper" and meta["space"] == "input"
+    # spot checks against literals, so that the comparison above cannot pass by PRESETS being empty
+    assert settings["space"] == "input" and settings["guide"] == "imagebind"
+    assert settings["freq_bank"] == 0 and settings["space_map"] == "none" and settings["cf_reduction"] == "eq3"
+    assert settings["cross_form"] == "paper" and settings["joint_form"] == "paper"
+    assert settings["lambda_cross"] == 1.0 and settings["num_freqs"] == 64 and settings["optimizer"] == "sgd"
+    assert tensors["image"].shape == (10, 3, 224, 224) and tensors["audio"].shape == (10, 3, 1, 128, 204)
+    assert meta["tensor_spaces"] == {"audio": "input", "image": "input"}
+    assert not any(key.startswith(("center.", "whiten.")) for key in tensors)  # no space map
+    history = meta["loss_history"]
+    assert history["cross"][0] > 0 and history["joint"][0] > 0  # the paper's cross and joint terms are on
+    assert "--preset paper" in meta["command"] and "--space" not in meta["command"]
+
+
+def test_explicit_options_override_the_preset(digits, tmp_path, cli):
+    import shlex
+
+    from ibdc_cli.condense import PRESETS
+
+    out = tmp_path / "a.safetensors"
+    args = ["-m", "audio,image", "--dpc", 2, "--preset", "paper", "--iterations", 2, "--space", "embedding"]
+    result = cli("condense", digits["train"], *args, "--num-freqs", 256, "--device", "cpu", "--out", out)
+    assert result.code == 0, result
+    tensors, meta = load_synthetic_set(out)
+    settings = meta["settings"]
+    assert settings["space"] == "embedding" and settings["iterations"] == 2 and settings["num_freqs"] == 256
+    assert tensors["image"].shape == (20, 256) and meta["tensor_spaces"]["image"] == "embedding"
+    untouched = {k: v for k, v in PRESETS["paper"].items() if k not in ("space", "iterations", "num_freqs")}
+    assert {key: settings[key] for key in untouched} == untouched
+    assert settings["freq_bank"] == 0 and settings["cross_form"] == "paper" and settings["preset"] == "paper"
+    # the recorded command names the preset and the overrides, and makes the same set again
+    command = shlex.split(meta["command"])
+    assert command[command.index("--preset") + 1] == "paper" and "--space" in command and "--freq-bank" not in command
+    command[command.index("--out") + 1] = str(tmp_path / "b.safetensors")
+    assert cli(*command[1:], "--device", "cpu").code == 0
+    _same(out, tmp_path / "b.safetensors")
+
+
+def test_preset_names_and_the_python_api(digits, tmp_path, cli):
+    from ibdc_cli.condense import CondenseConfig
+    from ibdc_cli.errors import IbdcError
+
+    config = CondenseConfig.from_preset("paper", modalities=["audio"], iterations=3)
+    assert config.iterations == 3 and config.space == "input" and config.preset == "paper"
+    assert CondenseConfig.from_preset(None, modalities=["audio"]) == CondenseConfig(modalities=["audio"])
+    with pytest.raises(IbdcError, match="--preset 'nope'"):
+        CondenseConfig.from_preset("nope", modalities=["audio"])
+
+    for preset, recorded in ((None, None), ("default", "default")):
+        out = tmp_path / f"{recorded}.safetensors"
+        extra = [] if preset is None else ["--preset", preset]
+        assert cli("condense", digits["train"], "-m", "audio", "--dpc", 1, *extra, *QUICK, "--out", out).code == 0
+        settings = load_synthetic_set(out)[1]["settings"]
+        assert settings["preset"] == recorded and settings["space"] == "embedding" and settings["freq_bank"] == 16
+    bad = cli("condense", digits["train"], "-m", "audio", "--preset", "nope", *QUICK, "-o", tmp_path / "x.safetensors")
+    assert bad.code == 2 and "--preset 'nope'" in bad.err and "paper" in bad.err
+
+
+def test_method_docs_list_the_paper_preset():
+    """docs/method.md's preset table gives exactly the values PRESETS["paper"] sets."""
+    import re
+    from pathlib import Path
+
+    from ibdc_cli.condense import PRESETS
+
+    text = (Path(__file__).parents[1] / "docs" / "method.md").read_text()
+    section = text.split("## The paper's configuration (`--preset paper`)")[1].split("\n## ")[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            value = re.fullmatch(r"`([^`]*)`", cells[1])
+            for flag in re.findall(r"`--([a-z-]+)`", cells[0]):
+                documented[flag.replace("-", "_")] = value.group(1) if value else cells[1]
+
+    def plain(value):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return value
+
+    preset = {key: plain(value) for key, value in PRESETS["paper"].items()}
+    assert {key: plain(documented.get(key)) for key in preset} == preset

@@ -419,20 +419,43 @@ def test_imagebinddc_loss_weights_terms_and_skips_disabled_ones():
         lambda_uni=0.5,
         lambda_cross=2.0,
         lambda_joint=3.0,
+        cross_form="paper",
         joint_form="cf",
+        reduction="ncfm",
     )
-    assert out["uni"].item() == approx(uni_modal_loss(real, syn, freqs).item())
+    assert out["uni"].item() == approx(uni_modal_loss(real, syn, freqs, reduction="ncfm").item())
     assert out["cross"].item() == approx(cross_modal_paper(real, syn).item())
-    assert out["joint"].item() == approx(joint_modal_cf(real, syn, freqs_joint).item())
+    assert out["joint"].item() == approx(joint_modal_cf(real, syn, freqs_joint, reduction="ncfm").item())
     weighted = 0.5 * out["uni"] + 2.0 * out["cross"] + 3.0 * out["joint"]
     assert out["total"].item() == approx(weighted.item())
 
     # lambda_uni = 0 and a non-CF joint form need no frequencies at all; "none" skips a term.
-    skipped = imagebinddc_loss(real, syn, freqs=None, freqs_joint=None, lambda_uni=0, cross_form="none")
+    skipped = imagebinddc_loss(
+        real, syn, freqs=None, freqs_joint=None, lambda_uni=0, cross_form="none", joint_form="paper"
+    )
     assert skipped["uni"].item() == 0.0 and skipped["cross"].item() == 0.0
     assert skipped["total"].item() == approx(joint_modal_paper(real, syn).item())
     with pytest.raises(ValueError, match="freqs_joint"):
         imagebinddc_loss(real, syn, freqs=freqs, freqs_joint=None, joint_form="cf")
+
+
+def test_loss_defaults_are_the_product_defaults():
+    """`imagebinddc_loss(real, syn, freqs=..., freqs_joint=...)` is the objective `ibdc condense` optimises
+    by default: its keyword defaults and CondenseConfig's are the same `losses.DEFAULT_*` values."""
+    import inspect
+
+    from ibdc_cli.condense import CondenseConfig
+
+    loss_defaults = {name: p.default for name, p in inspect.signature(imagebinddc_loss).parameters.items()}
+    config = CondenseConfig(modalities=["image", "audio"])
+    config_field = {"reduction": "cf_reduction"}
+    names = ["lambda_uni", "lambda_cross", "lambda_joint", "cross_form", "joint_form", "alpha", "beta", "reduction"]
+    for name in names:
+        assert loss_defaults[name] == getattr(config, config_field.get(name, name)), name
+    # and they are what docs/method.md documents, so this cannot pass by both sides drifting together
+    assert (config.cf_reduction, config.cross_form, config.joint_form) == ("eq3", "none", "cf")
+    assert (config.alpha, config.beta) == (0.5, 0.5)
+    assert (config.lambda_uni, config.lambda_cross, config.lambda_joint) == (1, 1, 1)
 
 
 def test_precomputed_real_cfs_give_the_same_loss():

@@ -1,5 +1,5 @@
-"""Every command in README.md, docs/*.md and docs/commands/*.md is exercised, so the docs cannot drift
-from the CLI.
+"""Every command in README.md, docs/*.md and docs/commands/*.md is exercised, and every output a doc
+shows under a command is compared with what the command prints, so the docs cannot drift from the CLI.
 
 How it works:
 
@@ -14,16 +14,25 @@ How it works:
 - **Real runs.** `ibdc` commands run for real, in this process (`ibdc_cli.cli.main`), one temporary
   working directory per document, in document order: a test first runs the commands above it in its
   document (once per session), so a block that embeds, condenses and evaluates chains as a reader's
-  would. `$IBDC_STORE` is the small av-digits train store of the `digits` fixture, `$IBDC_CACHE` a
-  temporary directory, `$IBDC_CHECKPOINT` unset. The command must exit 0.
+  would. `$IBDC_STORE` is the workflow's train store (below), `$IBDC_CACHE` a temporary directory,
+  `$IBDC_CHECKPOINT` unset. The command must exit 0.
+- **Shown output.** The lines a console block shows under an `ibdc` command are compared with the
+  command's stdout (`check_shown`): every line in order, and no other line unless the doc elides some
+  with a `…` line. Text and integers (file names, rows, counts, seeds, speakers) must match exactly; a
+  decimal number (seconds, accuracy, loss) is a measurement, so only its shape is compared (digits,
+  the same number of decimals); `…` inside a line stands for any text. Such a command runs as written
+  (no small settings), so its output is what a reader gets. A parse-only command may not show output.
 - **Small settings.** Unless `IBDC_DOCS_SMALL=0` is set (then the commands run as written, for hours),
   the options in `SMALL` are capped (`--iterations 2`, `--epochs 1` …) and added where absent, and
   `--device cuda` becomes `--device cpu`. This is done here, not by the product: ibdc has no "small"
-  knob.
+  knob. `--per-class 5` is the docs' own small av-digits, the one their example outputs come from.
 - **Paths.** Placeholders and absolute paths of the docs are mapped by `PLACEHOLDERS` and `PREFIXES`
   (`MANIFEST` → `data/av-digits/train.csv`, `/tmp/x` → `tmp/x`, `~/.cache/ibdc/x` → `cache/x`). An
   input that a document uses but does not make (`stores/test`, `syn.safetensors`, …) is provided by
-  `PROVIDED` just before the command needs it.
+  `PROVIDED` just before the command needs it: `stores/train` and `stores/test` are the workflow's
+  (docs/index.md: av-digits `--per-class 5`, image, audio and text embedded with `imagebind_tiny`), built
+  once per session, and `../shared/data/fsdd-mnist` (the shared fsdd-mnist source, relative to the
+  repository root) is linked to the `fsdd_source` fixture's folder.
   An output that an earlier block already wrote is removed first (each block is an example a reader
   may run again); an output written twice within one block is a doc bug and fails. A command followed
   by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
@@ -63,7 +72,7 @@ SMALL = {
     "evaluate": {"--seeds": 1, "--epochs": 10},
     "bind": {"--epochs": 1},
     "demo": {"--per-class": 3, "--seeds": 1, "--iterations": 2, "--dpc": 2},
-    "datasets av-digits": {"--per-class": 3},
+    "datasets av-digits": {"--per-class": 5},
     "datasets spoken-numbers": {"--count": 20},
 }
 CAP_ONLY = {"--clusters"}  # lowered where given, never added
@@ -90,12 +99,14 @@ PROVIDED = {
     "cache/demo/av-digits": "small av-digits",
     "data/sn": "small spoken-numbers",
     "data/spoken-numbers": "small spoken-numbers",
-    "stores/train": "digits train store",
-    "stores/test": "digits test store",
+    "stores/train": "workflow train store",
+    "stores/test": "workflow test store",
+    "../shared/data/fsdd-mnist": "fsdd_source",
     "syn.safetensors": "condense stores/train -m audio,image --dpc 2 --out syn.safetensors",
     "input.safetensors": "condense stores/train -m image,audio --space input --dpc 1 --out input.safetensors",
     "enc.safetensors": "bind data/av-digits/train.csv -m image,audio --anchor image --out enc.safetensors",
 }
+LINKED = {"fsdd_source"}  # fixtures whose folder is read in place: linked, not copied
 OUTPUT_PARAMS = {"out", "plot", "export"}
 CLUSTER_PATHS = ("/shared/", "/models/", "/scratch/", "/data/")
 
@@ -112,27 +123,36 @@ class Command:
     text: str  # the simple command, variables expanded
     interrupted: bool = False  # a `# ^C` comment follows it in its block
     env: dict[str, str] = field(default_factory=dict)
+    shown: list[str] = field(default_factory=list)  # the output a console block shows under it
 
 
 COMMAND_START = re.compile(r"^([A-Za-z_]\w*=\S*\s+)*(ibdc|\S*/ibdc|\S*python3?|torchrun|accelerate|srun|\S*scripts/)\b")
 
 
-def _blocks(path: Path) -> list[tuple[bool, list[tuple[int, str]]]]:
-    """Shell blocks of a markdown file: (fenced, [(line number, line)]), prompts and output removed.
+Block = tuple[list[tuple[int, str]], dict[int, list[str]]]
 
-    Indented blocks are runs of 4-space lines after a blank line; only their lines that start like a
-    command are kept (markdown also indents list text), with their backslash continuations.
+
+def _blocks(path: Path) -> list[Block]:
+    """Shell blocks of a markdown file: ([(line number, line)], shown), prompts and output removed.
+
+    `shown` maps the number of a console block's last prompt line (its last continuation line) to the
+    output lines that follow it, trailing blank lines dropped. Indented blocks are runs of 4-space lines
+    after a blank line; only their lines that start like a command are kept (markdown also indents list
+    text), with their backslash continuations.
     """
-    blocks: list[tuple[bool, list[tuple[int, str]]]] = []
-    fence, current, indented, previous = None, None, None, ""
+    blocks: list[Block] = []
+    fence, current, shown, indented, previous = None, None, {}, None, ""
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.startswith("```"):
             if fence is None:
                 fence = (line[3:].strip().split() or [""])[0]
-                current = [] if fence in SHELL_FENCES else None
+                current, shown = ([] if fence in SHELL_FENCES else None), {}
             else:
                 if current:
-                    blocks.append((True, current))
+                    for lines in shown.values():
+                        while lines and not lines[-1].strip():
+                            lines.pop()
+                    blocks.append((current, shown))
                 fence, current = None, None
             previous = line
             continue
@@ -143,8 +163,10 @@ def _blocks(path: Path) -> list[tuple[bool, list[tuple[int, str]]]]:
                 current.append((number, line))
             elif line.startswith("$ "):
                 current.append((number, line[2:]))
-            elif current and current[-1][1].endswith("\\"):
+            elif current and current[-1][1].endswith("\\") and current[-1][0] == number - 1:
                 current.append((number, line))
+            elif current:
+                shown.setdefault(current[-1][0], []).append(line)
             previous = line
             continue
         if indented and indented[-1][0] == number - 1 and indented[-1][1].endswith("\\"):
@@ -154,13 +176,13 @@ def _blocks(path: Path) -> list[tuple[bool, list[tuple[int, str]]]]:
         ):
             if indented is None:
                 indented = []
-                blocks.append((False, indented))
+                blocks.append((indented, {}))
             if COMMAND_START.match(line[4:]):
                 indented.append((number, line[4:]))
         else:
             indented = None
         previous = line
-    return [(fenced, lines) for fenced, lines in blocks if lines]
+    return [(lines, shown) for lines, shown in blocks if lines]
 
 
 def _logical_lines(block: list[tuple[int, str]]) -> list[tuple[str, list[tuple[int, int]]]]:
@@ -229,12 +251,13 @@ def extract(path: Path) -> list[Command]:
 def extract_from(path: Path, doc: str | None = None) -> list[Command]:
     doc = doc or path.name
     commands: list[Command] = []
-    for block_number, (_, block) in enumerate(_blocks(path)):
+    for block_number, (block, shown) in enumerate(_blocks(path)):
         variables: dict[str, str] = {}
         for text, starts in _logical_lines(block):
             if re.match(r"^\s*#.*\^C", text) and commands and commands[-1].block == block_number:
                 commands[-1].interrupted = True
-            for offset, simple in _split_simple(text):
+            simples = _split_simple(text)
+            for index, (offset, simple) in enumerate(simples):
                 expanded = _expand(simple, variables)
                 assignment = ASSIGNMENT.match(expanded)
                 if assignment:
@@ -249,7 +272,9 @@ def extract_from(path: Path, doc: str | None = None) -> list[Command]:
                         break
                     env[word.split("=", 1)[0]] = word.split("=", 1)[1]
                 line = max(number for start, number in starts if start <= offset)
-                commands.append(Command(doc, line, block_number, expanded, env=env))
+                # The output under a line belongs to its last command (`ibdc … && ls`: to ls, not shown here).
+                output = shown.get(starts[-1][1], []) if index == len(simples) - 1 else []
+                commands.append(Command(doc, line, block_number, expanded, env=env, shown=list(output)))
     return commands
 
 
@@ -410,14 +435,57 @@ def check_benchmark(words: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# comparing the output a doc shows with the real one
+
+# In a shown line: `…` (any text), a measurement (a decimal number; "CC BY-SA 4.0" names a licence) or spaces.
+SHOWN_TOKEN = re.compile(r"(?P<gap>…)|(?<!CC BY-SA )(?<![\w.])-?\d+\.(?P<decimals>\d+)(?![\w.])|(?P<space>[ \t]+)")
+
+
+def shown_line_pattern(line: str) -> str:
+    """A regex for one shown output line: text and integers exact, decimals by shape, `…` any text,
+    any run of spaces for a run of spaces (table columns widen with their numbers)."""
+    line, pattern, end = line.strip(), r"[ \t]*", 0
+    for token in SHOWN_TOKEN.finditer(line):
+        pattern += re.escape(line[end : token.start()])
+        if token["gap"]:
+            pattern += r"[^\n]*"
+        elif token["space"]:
+            pattern += r"[ \t]+"
+        else:
+            pattern += rf"-?\d+\.\d{{{len(token['decimals'])}}}"
+        end = token.end()
+    return pattern + re.escape(line[end:]) + r"[ \t]*\n"
+
+
+def check_shown(shown: list[str], printed: str) -> None:
+    """The lines a doc shows are the command's stdout: each in order, nothing else unless a `…` line
+    elides it. Fails naming the first shown line that does not match."""
+    printed = printed if printed.endswith("\n") else printed + "\n"
+    pattern = ""
+    for line in shown:
+        pattern += r"(?:[^\n]*\n)*?" if line.strip() == "…" else shown_line_pattern(line)
+        if not re.match(pattern + r"(?:[^\n]*\n)*\Z", printed):
+            pytest.fail(f"the doc shows\n    {line.strip()}\nwhere the command printed:\n{printed}")
+    if not re.fullmatch(pattern, printed):
+        pytest.fail(f"the command printed more than the doc shows (end the shown lines with `…`?):\n{printed}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # running a document's commands
 
 
-def small(argv: list[str]) -> list[str]:
-    """Cap the options in SMALL (IBDC_DOCS_SMALL=0 keeps the doc's own)."""
+def on_cpu(argv: list[str]) -> list[str]:
+    """`--device cuda…` becomes `--device cpu` (IBDC_DOCS_SMALL=0 keeps the doc's own)."""
     if os.environ.get("IBDC_DOCS_SMALL", "1") == "0":
         return argv
-    argv = ["cpu" if i and argv[i - 1] == "--device" and a.startswith("cuda") else a for i, a in enumerate(argv)]
+    return ["cpu" if i and argv[i - 1] == "--device" and a.startswith("cuda") else a for i, a in enumerate(argv)]
+
+
+def small(argv: list[str]) -> list[str]:
+    """Cap the options in SMALL, on the CPU (IBDC_DOCS_SMALL=0 keeps the doc's own)."""
+    if os.environ.get("IBDC_DOCS_SMALL", "1") == "0":
+        return argv
+    argv = on_cpu(argv)
     command, path, _ = resolve(argv)
     caps = SMALL.get(path, {})
     if not caps:
@@ -461,8 +529,8 @@ class Workspace:
 class Runner:
     """Runs one document's commands: ibdc in this process, the rest against their parsers."""
 
-    def __init__(self, sources: dict[str, Path], capsys, monkeypatch):
-        self.sources, self.capsys, self.monkeypatch = sources, capsys, monkeypatch
+    def __init__(self, sources: dict[str, Path], capsys, monkeypatch, fixture=None):
+        self.sources, self.capsys, self.monkeypatch, self.fixture = sources, capsys, monkeypatch, fixture
 
     def run_ibdc(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
         self.monkeypatch.chdir(cwd)
@@ -484,7 +552,10 @@ class Runner:
             for key, source in PROVIDED.items():
                 target = workspace.root / key
                 if (arg == key or arg.startswith(key + "/")) and not target.exists():
-                    if source in self.sources:
+                    if source in LINKED:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.symlink_to(self.fixture(source), target_is_directory=True)
+                    elif source in self.sources:
                         shutil.copytree(self.sources[source], target)
                     else:
                         make = small(source.split())
@@ -497,6 +568,9 @@ class Runner:
         assert found is not None
         kind, words = found
         reason = parse_only_reason(kind, words)
+        assert not command.shown or (kind == "ibdc" and reason is None), (
+            f"the doc shows output under a command that is only parsed here ({reason}); show it outside a console block"
+        )
         if kind == "ibdc" and reason is None:
             self.run_for_real(command, words, workspace)
         elif kind == "ibdc":
@@ -516,7 +590,8 @@ class Runner:
 
     def run_for_real(self, command: Command, words: list[str], workspace: Workspace) -> None:
         check_ibdc_parses(words)  # the doc's own settings, before they are made small
-        argv = small(placeholders(words))
+        # A command whose output the doc shows runs as written, so the output is the one a reader gets.
+        argv = on_cpu(placeholders(words)) if command.shown else small(placeholders(words))
         params = check_ibdc_parses(argv)
         self.provide(params, argv, workspace)
         outputs = [workspace.root / str(params[n]) for n in OUTPUT_PARAMS if params.get(n) is not None]
@@ -534,6 +609,8 @@ class Runner:
                 self.monkeypatch.setenv(name, value)
         code, out, err = self.run_ibdc(argv, workspace.root)
         assert code == 0, f"`ibdc {' '.join(argv)}` exited {code}\nstdout: {out[-2000:]}\nstderr: {err[-4000:]}"
+        if command.shown:
+            check_shown(command.shown, out)
         for path in outputs:
             workspace.written[path] = command.block
             if command.interrupted:  # the doc shows this run interrupted: it leaves no output
@@ -560,17 +637,20 @@ CASES = [
 
 
 @pytest.fixture(scope="session")
-def docs_sources(digits, tmp_path_factory) -> dict[str, Path]:
-    from ibdc_cli.data.benchmark import build_av_digits, build_spoken_numbers
+def docs_sources(tmp_path_factory) -> dict[str, Path]:
+    """The docs' small data, and the workflow's stores (docs/index.md), which their example outputs show."""
+    from ibdc_cli.data.benchmark import build_spoken_numbers
+    from ibdc_cli.demo import ensure_demo_stores
 
     base = tmp_path_factory.mktemp("docs-data")
-    build_av_digits(base / "av-digits", per_class=SMALL_PER_CLASS)
+    # av-digits --per-class 5, image, audio and text embedded with imagebind_tiny: what index.md makes.
+    workflow = ensure_demo_stores(base, per_class=SMALL_PER_CLASS)
     build_spoken_numbers(base / "spoken-numbers", count=SMALL["datasets spoken-numbers"]["--count"])
     return {
-        "small av-digits": base / "av-digits",
+        "small av-digits": workflow["data"],
         "small spoken-numbers": base / "spoken-numbers",
-        "digits train store": digits["train"],
-        "digits test store": digits["test"],
+        "workflow train store": workflow["train"],
+        "workflow test store": workflow["test"],
     }
 
 
@@ -594,11 +674,11 @@ def test_doc_command(doc, line, workspaces, request, tmp_path_factory, capsys, m
             if command.line == line:
                 runner.run(command, workspaces[doc])
         return
-    digits = request.getfixturevalue("digits")
-    monkeypatch.setenv("IBDC_STORE", str(digits["train"]))
+    sources = request.getfixturevalue("docs_sources")
+    monkeypatch.setenv("IBDC_STORE", str(sources["workflow train store"]))
     monkeypatch.setenv("IBDC_CACHE", str(tmp_path_factory.getbasetemp() / "docs-cache"))
     monkeypatch.delenv("IBDC_CHECKPOINT", raising=False)
-    runner = Runner(request.getfixturevalue("docs_sources"), capsys, monkeypatch)
+    runner = Runner(sources, capsys, monkeypatch, request.getfixturevalue)
     workspace = workspaces[doc]
     for index, command in enumerate(commands):
         if command.line > line:
@@ -632,17 +712,46 @@ def test_extraction_of_fences_prompts_indents_continuations_and_variables(tmp_pa
     doc.write_text(
         "Text.\n\n```bash\n# a comment\nOUT=syn.safetensors\nibdc condense s -m audio,image \\\n"
         '  --dpc 2 --out "$OUT"  # trailing\n[ -f x ] || srun torchrun --nproc_per_node 2 -m ibdc_cli embed m.csv\n'
-        "```\n\n```console\n$ ibdc inspect s\nwrote s\n```\n\n```python\nibdc = 1\n```\n\n"
+        "```\n\n```console\n$ ibdc inspect s\nwrote s\n  …\n$ ibdc embed m.csv \\\n  --out st\n\n"
+        "$ ls st\nindex.json\n\n```\n\n"
+        "```python\nibdc = 1\n```\n\n"
         "- a list item\n    ibdc not-a-block\n\n    OMP_NUM_THREADS=2 ibdc bind M -m image,audio \\\n"
         "        --epochs 5 --out e.safetensors\n    not a command's line\n"
     )
-    found = [(c.line, c.text, c.env) for c in extract_from(doc)]
+    found = [(c.line, c.text, c.env, c.shown) for c in extract_from(doc)]
     assert found == [
-        (6, 'ibdc condense s -m audio,image    --dpc 2 --out "syn.safetensors"', {}),
-        (8, "srun torchrun --nproc_per_node 2 -m ibdc_cli embed m.csv", {}),
-        (12, "ibdc inspect s", {}),
-        (23, "OMP_NUM_THREADS=2 ibdc bind M -m image,audio  --epochs 5 --out e.safetensors", {"OMP_NUM_THREADS": "2"}),
+        (6, 'ibdc condense s -m audio,image    --dpc 2 --out "syn.safetensors"', {}, []),
+        (8, "srun torchrun --nproc_per_node 2 -m ibdc_cli embed m.csv", {}, []),
+        (12, "ibdc inspect s", {}, ["wrote s", "  …"]),  # a console block's output lines belong to the prompt above
+        (15, "ibdc embed m.csv    --out st", {}, []),  # its continuation is no output; `ls st` prints index.json
+        (
+            30,
+            "OMP_NUM_THREADS=2 ibdc bind M -m image,audio  --epochs 5 --out e.safetensors",
+            {"OMP_NUM_THREADS": "2"},
+            [],
+        ),
     ]
+
+
+def test_shown_output_is_compared_exactly_except_measurements_and_elisions(tmp_path):
+    printed = (
+        "wrote syn.safetensors (20 rows, imagebinddc, 1.3 s, final loss -0.5944)\nwhole data: 74.00 %   ratio 0.865\n"
+    )
+    check_shown(["wrote syn.safetensors (20 rows, imagebinddc, 4.1 s, final loss 16.9367)", "…"], printed)
+    check_shown(["…", "whole data: 64.00 % ratio 0.9…"], printed)  # spaces stretch, `…` in a line is any text
+    check_shown(["licences: FSDD CC BY-SA 4.0 (…)"], "licences: FSDD CC BY-SA 4.0 (share-alike)\n")
+    for shown, problem in [
+        (["wrote syn.safetensors (50 rows, imagebinddc, 1.3 s, final loss 3.5944)", "…"], "shows"),  # an integer
+        (["wrote syn.safetensors (20 rows, imagebinddc, 1.3 s, final loss 3.59)", "…"], "shows"),  # decimals
+        (["whole data: 74.00 %   ratio 0.865"], "shows"),  # not the first line, and no `…` above it
+        (["wrote syn.safetensors (20 rows, imagebinddc, 1.3 s, final loss 3.5944)"], "printed more"),
+        (["licences: FSDD CC BY-SA 3.0 (…)"], "shows"),  # a licence's version is a name, not a measurement
+    ]:
+        with pytest.raises(pytest.fail.Exception, match=problem):
+            check_shown(shown, printed if "licences" not in shown[0] else "licences: FSDD CC BY-SA 4.0 (x)\n")
+    launched = Command("page.md", 3, 0, "torchrun --nproc_per_node 2 -m ibdc_cli inspect s", shown=["store s"])
+    with pytest.raises(AssertionError, match="only parsed here"):  # an output no test could check
+        Runner({}, None, None).run(launched, Workspace(tmp_path))
 
 
 def test_a_renamed_option_or_bad_value_fails():

@@ -1,37 +1,40 @@
-"""The paper-style benchmark (SPEC §6, issue 5): av-digits with `imagebind_tiny`, linear protocol, 3 seeds.
+"""The paper-style benchmark (SPEC §6, issue 11): fsdd-mnist with `imagebind_tiny`, choices made on val.
 
-Parts (`--parts`, all by default):
+fsdd-mnist (`ibdc datasets fsdd-mnist`: real FSDD recordings + MNIST, speaker- and image-disjoint
+train/val/test) is embedded with the random-init `imagebind_tiny` (`--encoders random`) and/or a tiny
+encoder bound with `ibdc bind` (`--encoders bound --bound-checkpoint FILE`). Parts (`--parts`):
 
-- `methods`: random, herding, kcenter, dm, avdd, imagebinddc × DPC 1, 10, 20 (`--dpcs`), mean ± std over
-  `--seeds` condensation seeds (seed s condenses with --seed s; each set is evaluated once with the linear
-  protocol's fixed schedule), the whole-data row (the same heads on every training row, `--seeds` head
-  seeds), and each condensation's wall time and peak memory (every condensation runs in a fresh forked
-  process, so its peak RSS is its own: torch's baseline included).
-- `ablation`: imagebinddc with the loss terms switched (uni, uni+cross, uni+joint, all) and the variants
-  (CFD reduction, cross/joint forms, frequency bank, the space map) at `--ablation-dpcs`.
-- `spaces`: random, dm, avdd and imagebinddc under each `--space-map` (none, center, whiten) at
-  `--space-dpcs`: the space decides which single point per class a linear head learns best from, so the
-  DPC 1 comparison of CF matching with mean matching depends on it (docs/benchmarks.md).
-- `input`: imagebinddc and random real rows in model-input space (`--space input`, pixels + fbanks through
-  the frozen encoder) at DPC 1 and 10, evaluated with the `linear` and the `convnet` protocol.
-- `retrieval`: spoken-numbers (audio–text, no labels), 20 synthetic pairs vs 20 random real pairs vs the
-  whole training set, Recall@1/5/10 both ways.
+- `select` (**validation split only**; `select_part` is never given the test store): every method under
+  every space map (none, center, whiten) at each DPC, `--select-seeds` condensation seeds, and the
+  whole-data heads under each space map; `best` records, per method and DPC, the space map with the
+  highest val mean. Then the imagebinddc ablation (loss terms and forms, σ, K, bank, iterations, lr) at
+  `--ablation-dpcs`, also on val.
+- `methods` (**test split, once**): random, herding, kcenter, dm, avdd, imagebinddc (defaults) and
+  imagebinddc `--preset paper` (in embedding space with lr 0.1, `--paper-iterations` steps) × DPC 1, 10, 20, each
+  baseline under the space map `select` chose for it on val, mean ± std over `--seeds` condensation
+  seeds (each set evaluated once with the linear protocol's fixed schedule), each cell with its share of
+  the whole-data accuracy (whole data under its own best space map on val), wall time and peak memory
+  (each condensation runs in a fresh forked process, so its peak RSS is its own).
+- `input`: random real rows, imagebinddc and imagebinddc `--preset paper` in model-input space (pixels +
+  fbanks through the frozen encoder, `--input-iterations` steps) at `--input-dpcs`, evaluated with the
+  `linear` and the `convnet` protocol on test.
+- `retrieval`: spoken-numbers (audio–text, no labels), synthetic pairs vs random real pairs vs the whole
+  training set, Recall@1/5/10 both ways.
 
-The `methods`, `ablation` and `spaces` parts run once per encoder in `--encoders`: `random` (the random-init
-imagebind_tiny of the demo stores) and `bound` (imagebind_tiny whose audio tower was bound to its frozen
-image tower on the av-digits train split by `ibdc bind`; `--bound-checkpoint` names it, else it is bound
-here with `--bind-epochs`). Only the bound encoder has an aligned space for the cross/joint terms.
+Every number in the JSON and the rendered tables says its split. Run from the repository root:
 
-Run from the repository root; it writes a JSON file and, with `--write-docs`, the tables into
-docs/benchmarks.md between the `paper_table` markers:
-
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/paper_table.py --write-docs
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/paper_table.py --quick       # smoke run, a few minutes
+    R=benchmarks/results
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_table.py --parts select --json $R/fsdd_select.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_table.py --parts methods,input \
+        --selection $R/fsdd_select.json --json $R/fsdd_test.json
+    .venv/bin/python benchmarks/paper_table.py --render $R/fsdd_select.json $R/fsdd_test.json --write-docs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_table.py --quick     # smoke run, a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import multiprocessing
 import os
@@ -48,28 +51,35 @@ from typing import Any
 import torch
 
 from ibdc_cli.condense import CondenseConfig, condense
-from ibdc_cli.demo import cache_dir, ensure_demo_stores
+from ibdc_cli.demo import cache_dir
 from ibdc_cli.evaluate import HeadSchedule, evaluate, summarize_runs
 from ibdc_cli.space import SPACE_MAPS
-from ibdc_cli.store import INDEX_FILE, file_sha256
+from ibdc_cli.store import INDEX_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
+FSDD_SOURCE = ROOT.parent / "shared" / "data" / "fsdd-mnist"
 METHODS = ["random", "herding", "kcenter", "dm", "avdd", "imagebinddc"]
+PAPER = "imagebinddc --preset paper"
+# The preset's lr (30, SGD) is for model inputs; in embedding space it overshoots (docs/method.md): 0.1 there.
+PAPER_EMBEDDING_LR = 0.1
 MODALITIES = ["audio", "image"]
-# (label, CondenseConfig overrides on top of the defaults)
+# (label, CondenseConfig overrides on top of the defaults), scored on val
 ABLATION = [
-    ("uni", {"joint_form": "none"}),
-    ("uni + cross (paper)", {"joint_form": "none", "cross_form": "paper"}),
-    ("uni + joint (cf): default", {}),
-    ("uni + cross (paper) + joint (cf)", {"cross_form": "paper"}),
-    ("uni + cross (paper) + joint (paper): the paper", {"cross_form": "paper", "joint_form": "paper"}),
+    ("defaults", {}),
+    ("uni only (joint none)", {"joint_form": "none"}),
+    ("+ cross (paper)", {"cross_form": "paper"}),
+    ("+ cross (hybrid)", {"cross_form": "hybrid"}),
+    ("joint paper (dot)", {"joint_form": "paper"}),
     ("joint paper-cos", {"joint_form": "paper-cos"}),
-    ("cross hybrid", {"cross_form": "hybrid"}),
+    ("cross paper + joint paper: the paper's terms", {"cross_form": "paper", "joint_form": "paper"}),
     ("reduction ncfm (authors' code)", {"cf_reduction": "ncfm"}),
-    ("fresh frequencies every step", {"freq_bank": 0}),
     ("σ = 0.5", {"sigma": 0.5}),
-    ("space map center", {"space_map": "center"}),
-    ("space map none", {"space_map": "none"}),
+    ("σ = 2", {"sigma": 2.0}),
+    ("K = 1024 frequencies", {"num_freqs": 1024}),
+    ("fresh frequencies every step (bank 0)", {"freq_bank": 0}),
+    ("300 iterations", {"iterations": 300}),
+    ("lr 0.02", {"lr": 0.02}),
+    ("lr 0.1", {"lr": 0.1}),
 ]
 MARK_START, MARK_END = "<!-- paper_table:start -->", "<!-- paper_table:end -->"
 
@@ -111,46 +121,50 @@ def cell(block: dict[str, Any] | None) -> str:
 # stores
 
 
-def random_init_stores(per_class: int | None) -> dict[str, Path]:
-    return ensure_demo_stores(per_class=per_class)
-
-
-def bound_stores(args, demo: dict[str, Path]) -> tuple[dict[str, Path], Path]:
-    """av-digits embedded with the bound encoder (bound here when --bound-checkpoint is not given)."""
+def fsdd_stores(args, encoder: str) -> tuple[dict[str, Path], dict[str, Any]]:
+    """fsdd-mnist train/val/test embedded (audio, image) with `encoder`: "random" or "bound" (the
+    --bound-checkpoint). `--per-class N` keeps the first N rows of each class in each split (smoke runs)."""
+    from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
     from ibdc_cli.embed import embed_manifest
+    from ibdc_cli.store import file_sha256
 
-    checkpoint = Path(args.bound_checkpoint) if args.bound_checkpoint else None
-    if checkpoint is None:
-        from ibdc_cli.bind import bind_encoder
-
-        checkpoint = cache_dir() / "bound" / f"paper-table-{args.bind_epochs}ep.safetensors"
-        if not checkpoint.exists():
-            print(f"binding audio to image on av-digits train ({args.bind_epochs} epochs) -> {checkpoint}", flush=True)
-            bind_encoder(
-                demo["data"] / "train.csv",
-                ["image", "audio"],
-                "image",
-                checkpoint,
-                model="imagebind_tiny",
-                random_init=True,
-                epochs=args.bind_epochs,
-                label_positives=True,
-            )
-    root = (
-        cache_dir()
-        / "bound"
-        / f"stores-{file_sha256(checkpoint)[:12]}{'' if args.per_class is None else f'-{args.per_class}'}"
-    )
+    root = cache_dir() / "fsdd-mnist"
+    summary = build_fsdd_mnist(root / "data", source=Path(args.source) if args.source else FSDD_SOURCE)
+    checkpoint = Path(args.bound_checkpoint) if encoder == "bound" else None
+    if encoder == "bound" and (checkpoint is None or not checkpoint.is_file()):
+        raise SystemExit("--encoders bound needs --bound-checkpoint FILE (an `ibdc bind` checkpoint)")
+    name = "random" if checkpoint is None else f"bound-{file_sha256(checkpoint)[:12]}"
+    suffix = "" if args.per_class is None else f"-{args.per_class}"
     stores = {}
-    for split in ("train", "test"):
-        store = root / f"av-digits-{split}"
-        if not (store / INDEX_FILE).exists():
-            print(f"embedding av-digits {split} with the bound encoder -> {store}", flush=True)
-            embed_manifest(
-                demo["data"] / f"{split}.csv", ["image", "audio", "text"], store, checkpoint=checkpoint, resume=True
-            )
-        stores[split] = store
-    return stores, checkpoint
+    for split, manifest in summary["manifests"].items():
+        manifest = Path(manifest)
+        if args.per_class is not None:
+            manifest = first_per_class(manifest, args.per_class)
+        stores[split] = root / f"stores-{name}{suffix}" / split
+        if not (stores[split] / INDEX_FILE).exists():
+            print(f"embedding fsdd-mnist {split} with the {encoder} encoder -> {stores[split]}", flush=True)
+            embed_manifest(manifest, MODALITIES, stores[split], checkpoint=checkpoint, resume=True)
+    info = {"dataset": "fsdd-mnist", "speakers": summary["speakers"], "counts": summary["counts"]}
+    if checkpoint is not None:
+        info["checkpoint"] = checkpoint.name
+    return stores, info
+
+
+def first_per_class(manifest: Path, per_class: int) -> Path:
+    """A manifest beside `manifest` with its first `per_class` rows of each label."""
+    out = manifest.with_name(f"{manifest.stem}-{per_class}.csv")
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows, seen = [], {}
+        for row in reader:
+            seen[row["label"]] = seen.get(row["label"], 0) + 1
+            if seen[row["label"]] <= per_class:
+                rows.append(row)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,127 +174,160 @@ def bound_stores(args, demo: dict[str, Path]) -> tuple[dict[str, Path], Path]:
 def table_config(args, **fields) -> CondenseConfig:
     """A CondenseConfig of the audio + image tables: the defaults, `--iterations` when given, and `fields`."""
     settings = {"iterations": args.iterations} if args.iterations else {}
-    return CondenseConfig(modalities=MODALITIES, **settings, **fields)
+    return CondenseConfig(modalities=MODALITIES, **{**settings, **fields})
 
 
-def run_sets(stores, work: Path, name: str, config_of, seeds: int, schedule: HeadSchedule, **eval_options):
-    """Condense one set per seed with `config_of(seed)`, evaluate each; accuracy summary + cost."""
+def method_config(args, method: str, **fields) -> CondenseConfig:
+    """`method`'s settings: `PAPER` is the paper preset (in embedding space, --paper-iterations steps)."""
+    if method == PAPER:
+        return CondenseConfig.from_preset(
+            "paper",
+            modalities=MODALITIES,
+            space="embedding",
+            lr=PAPER_EMBEDDING_LR,
+            iterations=args.paper_iterations,
+            **fields,
+        )
+    return table_config(args, method=method, **fields)
+
+
+def run_sets(train: Path, target: Path, work: Path, name: str, config_of, seeds: int, schedule: HeadSchedule):
+    """Condense one set per seed with `config_of(seed)` from `train`, score each on `target` (1 head seed);
+    the accuracy summary over condensation seeds + cost."""
     accuracies, seconds, memory = [], [], []
     for seed in range(seeds):
         out = work / f"{name}-s{seed}.safetensors"
-        cost = condense_in_child(stores["train"], out, config_of(seed))
-        result = evaluate(out, stores["test"], seeds=1, schedule=schedule, **eval_options)
-        accuracies.append(result["mean"])
+        cost = condense_in_child(train, out, config_of(seed))
+        accuracies.append(evaluate(out, target, seeds=1, schedule=schedule)["mean"])
         seconds.append(cost["seconds"])
         memory.append(cost["peak_mib"])
         out.unlink()
     return {**summarize_runs(accuracies), "seconds": statistics.fmean(seconds), "peak_mib": max(memory)}
 
 
-def methods_part(stores, work, args, schedule) -> dict[str, Any]:
-    rows: dict[str, dict[str, Any]] = {}
-    for method in METHODS:
-        rows[method] = {}
-        for dpc in args.dpcs:
-
-            def config_of(seed, method=method, dpc=dpc):
-                return table_config(args, dpc=dpc, method=method, seed=seed)
-
-            rows[method][dpc] = run_sets(stores, work, f"{method}-{dpc}", config_of, args.seeds, schedule)
-            print(
-                f"  {method:12s} DPC {dpc:2d}: {cell(rows[method][dpc])}  ({rows[method][dpc]['seconds']:.1f} s)",
-                flush=True,
-            )
-    return {"rows": rows, "whole": whole_row(stores, work, args, schedule)}
-
-
-def whole_row(stores, work, args, schedule, space_map: str = CondenseConfig.space_map) -> dict[str, Any]:
-    """The same heads trained on every training row, in the space of `space_map`."""
-    # any set gives the class names and the space; use a quick random selection
-    out = work / "whole-ref.safetensors"
-    config = CondenseConfig(modalities=MODALITIES, dpc=1, method="random", space_map=space_map)
-    condense_in_child(stores["train"], out, config)
-    whole = evaluate(out, stores["test"], seeds=args.seeds, schedule=schedule, train_store=stores["train"])
+def whole_data(train: Path, target: Path, work: Path, seeds: int, schedule, space_map: str) -> dict[str, Any]:
+    """The same heads trained on every training row, in the space of `space_map`, scored on `target`."""
+    out = work / f"whole-ref-{space_map}.safetensors"  # any set gives the class names and the space
+    condense_in_child(train, out, CondenseConfig(modalities=MODALITIES, dpc=1, method="random", space_map=space_map))
+    whole = evaluate(out, target, seeds=seeds, schedule=schedule, train_store=train)
     out.unlink()
-    print(f"  whole data, --space-map {space_map}: {whole['whole_mean']:.1f} ± {whole['whole_std']:.1f}", flush=True)
     return {"mean": whole["whole_mean"], "std": whole["whole_std"], "runs": whole["whole_runs"]}
 
 
-def ablation_part(stores, work, args, schedule) -> dict[str, Any]:
-    rows: dict[str, dict[str, Any]] = {}
-    for label, overrides in ABLATION:
-        rows[label] = {}
-        for dpc in args.ablation_dpcs:
-
-            def config_of(seed, overrides=overrides, dpc=dpc):
-                return table_config(args, dpc=dpc, seed=seed, **overrides)
-
-            slug = "".join(ch if ch.isalnum() else "-" for ch in label)
-            rows[label][dpc] = run_sets(stores, work, f"abl-{slug}-{dpc}", config_of, args.seeds, schedule)
-            print(f"  {label:32s} DPC {dpc:2d}: {cell(rows[label][dpc])}", flush=True)
-    return {"rows": rows, "settings": {label: overrides for label, overrides in ABLATION}}
+def cell_of(part: dict[str, Any], keys: list[Any], compute, save) -> dict[str, Any]:
+    """`part[k1][k2]…` (JSON keys are strings) when a previous run (--resume) measured it, else `compute()`,
+    stored there and saved at once: a long run that stops loses at most the cell it was in."""
+    node = part
+    for key in keys[:-1]:
+        node = node.setdefault(str(key), {})
+    if str(keys[-1]) not in node:
+        node[str(keys[-1])] = compute()
+        save()
+    return node[str(keys[-1])]
 
 
-SPACE_METHODS = ["random", "dm", "avdd", "imagebinddc"]
-
-
-def space_label(method: str, space_map: str) -> str:
-    return f"{method}, --space-map {space_map}"
-
-
-def spaces_part(stores, work, args, schedule) -> dict[str, Any]:
-    """The methods that match distributions, under each space map (the rest of the defaults unchanged)."""
-    rows: dict[str, dict[str, Any]] = {}
-    whole: dict[str, dict[str, Any]] = {}
-    for space_map in reversed(SPACE_MAPS):  # none, center, whiten: from the encoder's space to the default
-        whole[space_map] = whole_row(stores, work, args, schedule, space_map)
-        for method in SPACE_METHODS:
-            label = space_label(method, space_map)
-            rows[label] = {}
-            for dpc in args.space_dpcs:
+def select_part(train: Path, val: Path, work: Path, args, schedule, part: dict[str, Any], save) -> dict[str, Any]:
+    """Every method under every space map, and the whole data, scored on `val` (never the test store);
+    fills `part` ("rows", "whole", then "best" and "whole_best": the choices the test table uses)."""
+    part.update(split="val", seeds=args.select_seeds)
+    for space_map in SPACE_MAPS:
+        whole = cell_of(
+            part, ["whole", space_map], lambda m=space_map: whole_data(train, val, work, args.seeds, schedule, m), save
+        )
+        print(f"  [val] whole data, --space-map {space_map}: {cell(whole)}", flush=True)
+    for method in METHODS:
+        for space_map in SPACE_MAPS:
+            for dpc in args.dpcs:
 
                 def config_of(seed, method=method, dpc=dpc, space_map=space_map):
-                    return table_config(args, dpc=dpc, method=method, seed=seed, space_map=space_map)
+                    return table_config(args, method=method, dpc=dpc, seed=seed, space_map=space_map)
 
-                name = f"space-{space_map}-{method}-{dpc}"
-                rows[label][dpc] = run_sets(stores, work, name, config_of, args.seeds, schedule)
-                print(f"  {label:36s} DPC {dpc:2d}: {cell(rows[label][dpc])}", flush=True)
-    return {"rows": rows, "whole": whole, "dpcs": args.space_dpcs}
+                def compute(method=method, dpc=dpc, space_map=space_map, config_of=config_of):
+                    name = f"sel-{method}-{space_map}-{dpc}"
+                    return run_sets(train, val, work, name, config_of, args.select_seeds, schedule)
+
+                result = cell_of(part, ["rows", method, space_map, dpc], compute, save)
+                print(f"  [val] {method:12s} --space-map {space_map:6s} DPC {dpc:2d}: {cell(result)}", flush=True)
+    rows = part["rows"]
+    part["best"] = {
+        method: {str(d): max(SPACE_MAPS, key=lambda m: at(rows[method][m], d)["mean"]) for d in args.dpcs}
+        for method in METHODS
+    }
+    part["whole_best"] = max(SPACE_MAPS, key=lambda m: part["whole"][m]["mean"])
+    save()
+    return part
 
 
-def input_part(stores, work, args, schedule) -> dict[str, Any]:
-    """Input-space sets (pixels + fbanks) evaluated with the linear and the convnet protocol."""
+def ablation_part(train: Path, val: Path, work: Path, args, schedule, part, save, best=None) -> dict[str, Any]:
+    """imagebinddc with one setting changed from the defaults, on `val`, in the space map chosen for
+    imagebinddc at that DPC by the select part (`best`; the default space map without it)."""
+    part.update(split="val", seeds=args.ablation_seeds, settings=dict(ABLATION))
+    for label, overrides in ABLATION:
+        for dpc in args.ablation_dpcs:
+            space_map = at(best, dpc) if best and has(best, dpc) else CondenseConfig.space_map
+
+            def config_of(seed, overrides=overrides, dpc=dpc, space_map=space_map):
+                return table_config(args, dpc=dpc, seed=seed, space_map=space_map, **overrides)
+
+            def compute(label=label, dpc=dpc, config_of=config_of):
+                slug = "".join(ch if ch.isalnum() else "-" for ch in label)
+                return run_sets(train, val, work, f"abl-{slug}-{dpc}", config_of, args.ablation_seeds, schedule)
+
+            result = cell_of(part, ["rows", label, dpc], compute, save)
+            print(f"  [val] ablation {label:44s} DPC {dpc:2d} ({space_map}): {cell(result)}", flush=True)
+    return part
+
+
+def methods_part(train: Path, test: Path, work: Path, args, schedule, selection, part, save) -> dict[str, Any]:
+    """The published table, on test: each method under the space map chosen for it on val."""
+    part.update(split="test", seeds=args.seeds)
+    for method in [*METHODS, PAPER]:
+        for dpc in args.dpcs:
+            space_map = "none" if method == PAPER else at(selection["best"][method], dpc)
+
+            def config_of(seed, method=method, dpc=dpc, space_map=space_map):
+                return method_config(args, method, dpc=dpc, seed=seed, space_map=space_map)
+
+            def compute(method=method, dpc=dpc, space_map=space_map, config_of=config_of):
+                result = run_sets(train, test, work, f"{method.split()[0]}-{dpc}", config_of, args.seeds, schedule)
+                return {**result, "space_map": space_map}
+
+            result = cell_of(part, ["rows", method, dpc], compute, save)
+            print(f"  [test] {method:28s} DPC {dpc:2d} ({space_map}): {cell(result)}  ({result['seconds']:.1f} s)")
+    space_map = selection["whole_best"]
+
+    def whole() -> dict[str, Any]:
+        return {**whole_data(train, test, work, args.seeds, schedule, space_map), "space_map": space_map}
+
+    print(f"  [test] whole data ({space_map}): {cell(cell_of(part, ['whole'], whole, save))}", flush=True)
+    return part
+
+
+def input_part(train: Path, test: Path, work: Path, args, schedule) -> dict[str, Any]:
+    """Input-space sets (pixels + fbanks), evaluated with the linear and the convnet protocol on test."""
     rows: dict[str, dict[str, Any]] = {}
-    for method in ("random", "imagebinddc"):
+    for method in ("random", "imagebinddc", PAPER):
         for dpc in args.input_dpcs:
             key = f"{method} DPC {dpc}"
-            rows[key] = {}
             linear, convnet, seconds = [], [], []
             for seed in range(args.seeds):
-                out = work / f"input-{method}-{dpc}-s{seed}.safetensors"
-                config = CondenseConfig(
-                    modalities=MODALITIES,
-                    dpc=dpc,
-                    method=method,
-                    space="input",
-                    seed=seed,
-                    iterations=args.input_iterations,
-                    real_batch=128,
-                )
-                cost = condense_in_child(stores["train"], out, config)
-                seconds.append(cost["seconds"])
-                linear.append(evaluate(out, stores["test"], seeds=1, schedule=schedule)["mean"])
-                convnet.append(evaluate(out, stores["test"], seeds=1, protocol="convnet")["mean"])
+                out = work / f"input-{method.split()[0]}-{dpc}-s{seed}.safetensors"
+                fields = {"dpc": dpc, "seed": seed, "iterations": args.input_iterations, "real_batch": 128}
+                if method == PAPER:
+                    config = CondenseConfig.from_preset("paper", modalities=MODALITIES, **fields)
+                else:
+                    config = CondenseConfig(modalities=MODALITIES, method=method, space="input", **fields)
+                seconds.append(condense_in_child(train, out, config)["seconds"])
+                linear.append(evaluate(out, test, seeds=1, schedule=schedule)["mean"])
+                convnet.append(evaluate(out, test, seeds=1, protocol="convnet")["mean"])
                 out.unlink()
             rows[key] = {
                 "linear": summarize_runs(linear),
                 "convnet": summarize_runs(convnet),
                 "seconds": statistics.fmean(seconds),
             }
-            print(
-                f"  input {key}: linear {cell(rows[key]['linear'])}, convnet {cell(rows[key]['convnet'])}", flush=True
-            )
-    return {"rows": rows, "iterations": args.input_iterations}
+            print(f"  [test] input {key}: linear {cell(rows[key]['linear'])}, convnet {cell(rows[key]['convnet'])}")
+    return {"split": "test", "rows": rows, "iterations": args.input_iterations}
 
 
 def retrieval_part(work, args) -> dict[str, Any]:
@@ -339,6 +386,16 @@ def at(by_dpc: dict, dpc: int) -> dict[str, Any]:
     return by_dpc[dpc] if dpc in by_dpc else by_dpc[str(dpc)]
 
 
+def share(block: dict[str, Any], whole: dict[str, Any]) -> str:
+    return f"{100 * block['mean'] / whole['mean']:.0f} %"
+
+
+def encoder_title(encoder: str, parts: dict[str, Any]) -> str:
+    if encoder == "random":
+        return "random-init imagebind_tiny"
+    return f"imagebind_tiny bound by `ibdc bind` ({parts.get('info', {}).get('checkpoint', '')})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Command: `{report['command']}`  ",
@@ -347,98 +404,89 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for encoder, parts in report["encoders"].items():
-        title = (
-            "random-init imagebind_tiny"
-            if encoder == "random"
-            else f"bound imagebind_tiny ({parts.get('checkpoint', '')})"
-        )
-        if "methods" in parts:
-            dpcs = report["dpcs"]
+        title = encoder_title(encoder, parts)
+        if "select" in parts:
+            select = parts["select"]
+            dpcs = sorted({int(d) for by_map in select["rows"].values() for r in by_map.values() for d in r})
             lines += [
-                f"### Methods, {title}",
+                f"### Selection on the val split, {title}",
                 "",
-                "Top-1 accuracy (%) on the av-digits test split, audio + image, linear "
-                f"protocol, mean ± std over {report['seeds']} condensation seeds.",
+                "Top-1 accuracy (%) on the **val** split (speaker theo), audio + image, linear protocol, mean ± std "
+                f"over {select['seeds']} condensation seed(s). **Bold**: the space map chosen for the test table.",
                 "",
+                "| method | space map | " + " | ".join(f"DPC {d}" for d in dpcs) + " |",
+                "|---|---" + "|---" * len(dpcs) + "|",
             ]
-            lines.append(
-                "| method | "
-                + " | ".join(f"DPC {d}" for d in dpcs)
-                + " | "
-                + " | ".join(f"s / MiB at DPC {d}" for d in dpcs)
-                + " |"
-            )
-            lines.append("|---" * (1 + 2 * len(dpcs)) + "|")
-            for method, by_dpc in parts["methods"]["rows"].items():
-                accs = " | ".join(cell(at(by_dpc, d)) for d in dpcs)
-                costs = " | ".join(f"{at(by_dpc, d)['seconds']:.1f} / {at(by_dpc, d)['peak_mib']:.0f}" for d in dpcs)
-                lines.append(f"| {method} | {accs} | {costs} |")
-            whole = parts["methods"]["whole"]
-            lines.append(
-                f"| whole data ({report['train_rows']} rows) | "
-                + " | ".join(cell(whole) for _ in dpcs)
-                + " |"
-                + " |" * len(dpcs)
-            )
-            ibdc = parts["methods"]["rows"]["imagebinddc"]
-            lines += [
-                "",
-                "imagebinddc as a share of whole data: "
-                + ", ".join(f"DPC {d} {100 * at(ibdc, d)['mean'] / whole['mean']:.1f} %" for d in dpcs)
-                + ".",
-                "",
-            ]
+            for method, by_map in select["rows"].items():
+                for space_map, by_dpc in by_map.items():
+                    cells = []
+                    for d in dpcs:
+                        text = cell(at(by_dpc, d)) if has(by_dpc, d) else "—"
+                        chosen = has(select["best"][method], d) and at(select["best"][method], d) == space_map
+                        cells.append(f"**{text}**" if chosen else text)
+                    lines.append(f"| {method} | {space_map} | " + " | ".join(cells) + " |")
+            for space_map, whole in select["whole"].items():
+                text = cell(whole) if space_map != select["whole_best"] else f"**{cell(whole)}**"
+                lines.append(f"| whole data | {space_map} | " + " | ".join(text for _ in dpcs) + " |")
+            lines.append("")
         if "ablation" in parts:
-            adpcs = report["ablation_dpcs"]
+            ablation = parts["ablation"]["rows"]
+            adpcs = sorted({int(d) for by_dpc in ablation.values() for d in by_dpc})
             lines += [
-                f"### Loss terms and variants, {title}",
+                f"### Ablation on the val split, {title}",
                 "",
-                "imagebinddc with one setting changed from the defaults.",
+                "imagebinddc with one setting changed from the defaults; top-1 accuracy (%) on the **val** split, "
+                f"{parts['ablation']['seeds']} condensation seed(s), in the space map chosen on val for imagebinddc.",
                 "",
+                "| variant | " + " | ".join(f"DPC {d}" for d in adpcs) + " |",
+                "|---" * (1 + len(adpcs)) + "|",
             ]
-            lines.append("| variant | " + " | ".join(f"DPC {d}" for d in adpcs) + " |")
-            lines.append("|---" * (1 + len(adpcs)) + "|")
-            for label, by_dpc in parts["ablation"]["rows"].items():
+            for label, by_dpc in ablation.items():
                 cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in adpcs]
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
-        if "spaces" in parts:
-            sdpcs = parts["spaces"]["dpcs"]
+        if "methods" in parts:
+            methods = parts["methods"]
+            whole = methods["whole"]
+            dpcs = sorted({int(d) for by_dpc in methods["rows"].values() for d in by_dpc})
             lines += [
-                f"### Methods under each space map, {title}",
+                f"### Methods on the test split, {title}",
                 "",
-                f"The same methods with `--space-map {' | '.join(reversed(SPACE_MAPS))}` (default "
-                f"{CondenseConfig.space_map}); each set is evaluated in the space it was condensed in.",
+                "Top-1 accuracy (%) on the **test** split (speaker yweweler, unseen in training and selection), "
+                f"audio + image, linear protocol, mean ± std over {report['seeds']} condensation seeds; in "
+                "brackets the space map chosen on val and the share of whole-data accuracy.",
                 "",
-                "| method, space | " + " | ".join(f"DPC {d}" for d in sdpcs) + " |",
-                "|---" * (1 + len(sdpcs)) + "|",
+                "| method | " + " | ".join(f"DPC {d}" for d in dpcs) + " | s / MiB at DPC " + str(dpcs[-1]) + " |",
+                "|---" * (2 + len(dpcs)) + "|",
             ]
-            for space_map, whole in parts["spaces"]["whole"].items():
-                for method in SPACE_METHODS:
-                    by_dpc = parts["spaces"]["rows"][space_label(method, space_map)]
-                    cells = [cell(at(by_dpc, d)) if has(by_dpc, d) else "—" for d in sdpcs]
-                    lines.append(f"| {space_label(method, space_map)} | " + " | ".join(cells) + " |")
-                whole_cells = " | ".join(cell(whole) for _ in sdpcs)
-                lines.append(f"| whole data, --space-map {space_map} | {whole_cells} |")
+            for method, by_dpc in methods["rows"].items():
+                cells = [
+                    f"{cell(at(by_dpc, d))} ({at(by_dpc, d)['space_map']}, {share(at(by_dpc, d), whole)})" for d in dpcs
+                ]
+                last = at(by_dpc, dpcs[-1])
+                lines.append(
+                    f"| {method} | " + " | ".join(cells) + f" | {last['seconds']:.0f} / {last['peak_mib']:.0f} |"
+                )
+            lines.append(f"| whole data ({whole['space_map']}) | " + " | ".join(cell(whole) for _ in dpcs) + " | |")
             lines.append("")
-    if "input" in report:
-        lines += [
-            "### Input space (random-init imagebind_tiny)",
-            "",
-            f"Pixels + fbanks optimised through the frozen encoder ({report['input']['iterations']} iterations), "
-            "evaluated by embedding them (linear) and by training a ConvNet from scratch (convnet).",
-            "",
-            "| set | linear | convnet | condensation s |",
-            "|---|---|---|---|",
-        ]
-        for key, row in report["input"]["rows"].items():
-            lines.append(f"| {key} | {cell(row['linear'])} | {cell(row['convnet'])} | {row['seconds']:.0f} |")
-        lines.append("")
+        if "input" in parts:
+            lines += [
+                f"### Input space, test split, {title}",
+                "",
+                f"Pixels + fbanks optimised through the frozen encoder ({parts['input']['iterations']} iterations), "
+                "evaluated on **test** by embedding them (linear) and by training ConvNets from scratch (convnet).",
+                "",
+                "| set | linear | convnet | condensation s |",
+                "|---|---|---|---|",
+            ]
+            for key, row in parts["input"]["rows"].items():
+                lines.append(f"| {key} | {cell(row['linear'])} | {cell(row['convnet'])} | {row['seconds']:.0f} |")
+            lines.append("")
     if "retrieval" in report:
         rows = report["retrieval"]["rows"]
         metrics = list(rows["random"])
         lines += [
-            "### Retrieval on spoken-numbers (audio–text, random-init imagebind_tiny)",
+            "### Retrieval on spoken-numbers (audio–text, random-init imagebind_tiny), test split",
             "",
             f"{report['retrieval']['pairs']} pairs; Recall@k (%) on the 200 test pairs.",
             "",
@@ -447,10 +495,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for name, label in (
             ("random", f"{report['retrieval']['pairs']} random real pairs"),
-            (
-                "imagebinddc",
-                f"imagebinddc, --clusters {report['retrieval']['pairs']} --dpc 1",
-            ),
+            ("imagebinddc", f"imagebinddc, --clusters {report['retrieval']['pairs']} --dpc 1"),
             ("whole", "whole training set"),
         ):
             lines.append(f"| {label} | " + " | ".join(cell(rows[name].get(m)) for m in metrics) + " |")
@@ -459,31 +504,19 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from several runs of this script (e.g. one per encoder, run side by side)."""
+    """One report from several runs of this script (e.g. the select and the methods part, or encoders)."""
     merged = dict(reports[0])
     merged["encoders"] = {}
-    dpcs = set()
     for report in reports:
         for encoder, parts in report["encoders"].items():
-            entry = merged["encoders"].setdefault(encoder, {})
-            for name, part in parts.items():
-                if name in ("ablation", "spaces") and name in entry:  # the same rows at other DPCs
-                    for label, by_dpc in part["rows"].items():
-                        entry[name]["rows"].setdefault(label, {}).update(by_dpc)
-                    if name == "spaces":
-                        entry[name]["dpcs"] = sorted(set(entry[name]["dpcs"]) | set(part["dpcs"]))
-                else:
-                    entry[name] = part
-        if any("ablation" in parts for parts in report["encoders"].values()):
-            dpcs.update(report["ablation_dpcs"])
-        for part in ("input", "retrieval"):
-            if part in report:
-                merged[part] = report[part]
+            merged["encoders"].setdefault(encoder, {}).update(parts)
+        if "retrieval" in report:
+            merged["retrieval"] = report["retrieval"]
     encoders = merged["encoders"]  # the random-init encoder first, whatever the order of the files
     merged["encoders"] = {e: encoders[e] for e in sorted(encoders, key=lambda e: e != "random")}
-    merged["ablation_dpcs"] = sorted(dpcs)
     merged["command"] = "; ".join(dict.fromkeys(r["command"] for r in reports))
-    merged["minutes"] = max(r["minutes"] for r in reports)
+    merged["minutes"] = sum(r["minutes"] for r in reports)
+    merged["seeds"] = max(r["seeds"] for r in reports)
     return merged
 
 
@@ -500,26 +533,44 @@ def write_docs(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="methods,ablation,spaces,input,retrieval")
-    parser.add_argument("--encoders", default="random,bound", help="random, bound, or both")
-    parser.add_argument("--bound-checkpoint", help="a checkpoint from `ibdc bind` (else one is bound here)")
-    parser.add_argument("--bind-epochs", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--parts", default="select,ablation,methods,input,retrieval")
+    parser.add_argument("--encoders", default="random", help="random, bound, or both (comma-separated)")
+    parser.add_argument("--bound-checkpoint", help="a checkpoint from `ibdc bind` for --encoders bound")
+    parser.add_argument("--source", help="the fsdd-mnist source folder (default ../shared/data/fsdd-mnist)")
+    parser.add_argument("--selection", type=Path, help="a JSON report with the select part (else it runs here)")
+    parser.add_argument("--seeds", type=int, default=3, help="condensation seeds of the test tables")
+    parser.add_argument("--select-seeds", type=int, default=2, help="condensation seeds of each val score")
+    parser.add_argument("--ablation-seeds", type=int, default=1, help="condensation seeds of each ablation cell")
+    parser.add_argument("--resume", action="store_true", help="keep the cells already measured in --json")
     parser.add_argument("--dpcs", default="1,10,20")
-    parser.add_argument("--ablation-dpcs", default="1")
-    parser.add_argument("--space-dpcs", default="1,10")
+    parser.add_argument("--ablation-dpcs", default="1,10")
     parser.add_argument("--input-dpcs", default="1,10")
-    parser.add_argument("--input-iterations", type=int, default=50)
+    parser.add_argument("--input-iterations", type=int, default=30)
+    parser.add_argument("--paper-iterations", type=int, default=300, help="steps of the --preset paper rows")
     parser.add_argument("--iterations", type=int, help="condensation steps (default: CondenseConfig's)")
     parser.add_argument("--pairs", type=int, default=20, help="synthetic pairs in the retrieval part")
-    parser.add_argument("--per-class", type=int, help="rows per class and split of av-digits (smaller: quicker)")
+    parser.add_argument("--per-class", type=int, help="rows per class and split of fsdd-mnist (smaller: quicker)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, DPC 1 and 2, few iterations")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "paper_table.json")
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     parser.add_argument(
-        "--render", type=Path, nargs="+", help="only merge these JSON reports (parts run in parallel) and print them"
+        "--render", type=Path, nargs="+", help="only merge these JSON reports (parts run apart) and print them"
     )
     args = parser.parse_args()
+    if args.quick:  # smaller defaults; options given explicitly still win
+        parser.set_defaults(
+            seeds=1,
+            select_seeds=1,
+            dpcs="1,2",
+            ablation_dpcs="1",
+            input_dpcs="1",
+            iterations=5,
+            input_iterations=2,
+            paper_iterations=5,
+            pairs=5,
+            per_class=4,
+        )
+        args = parser.parse_args()
     if args.render:
         report = merge_reports([json.loads(path.read_text()) for path in args.render])
         text = markdown(report)
@@ -527,17 +578,12 @@ def main() -> None:
         if args.write_docs:
             write_docs(text)
         return
-    if args.quick:
-        args.seeds, args.dpcs, args.ablation_dpcs, args.input_dpcs, args.space_dpcs = 1, "1,2", "1", "1", "1"
-        args.iterations, args.input_iterations, args.per_class, args.pairs, args.bind_epochs = 5, 2, 20, 5, 1
     args.dpcs = [int(d) for d in args.dpcs.split(",")]
-    args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",")]
+    args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",") if d]
     args.input_dpcs = [int(d) for d in args.input_dpcs.split(",")]
-    args.space_dpcs = [int(d) for d in args.space_dpcs.split(",")]
     parts = args.parts.split(",")
     schedule = HeadSchedule()
     started = time.time()
-    demo = random_init_stores(args.per_class)
     report: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/paper_table.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -556,13 +602,9 @@ def main() -> None:
                 "joint_form",
                 "freq_bank",
                 "space_map",
-                "real_batch",
             )
         ),
         "seeds": args.seeds,
-        "dpcs": args.dpcs,
-        "ablation_dpcs": args.ablation_dpcs,
-        "train_rows": sum(json.loads((demo["train"] / INDEX_FILE).read_text())["rows_per_class"].values()),
         "schedule": vars(schedule),
         "encoders": {},
     }
@@ -572,31 +614,33 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1, default=str))
 
+    previous = json.loads(args.json.read_text()) if args.resume and args.json.exists() else {}
     with tempfile.TemporaryDirectory(prefix="ibdc-paper-") as tmp:
         work = Path(tmp)
         for encoder in [e for e in args.encoders.split(",") if e]:
             if encoder not in ("random", "bound"):
                 parser.error(f"--encoders: {encoder!r} is not random or bound")
             print(f"[{encoder} encoder]", flush=True)
-            if encoder == "random":
-                stores, entry = demo, {}
-            else:
-                stores, checkpoint = bound_stores(args, demo)
-                entry = {"checkpoint": str(checkpoint)}
+            stores, info = fsdd_stores(args, encoder)
+            entry: dict[str, Any] = previous.get("encoders", {}).get(encoder, {}) if args.resume else {}
+            entry["info"] = info
             report["encoders"][encoder] = entry
-            if "methods" in parts:
-                entry["methods"] = methods_part(stores, work, args, schedule)
-                save()
+            train, val, test = stores["train"], stores["val"], stores["test"]
+            if "select" in parts:
+                select_part(train, val, work, args, schedule, entry.setdefault("select", {}), save)
+            selection = entry.get("select")
+            if selection is None and args.selection:
+                selection = json.loads(args.selection.read_text())["encoders"][encoder]["select"]
             if "ablation" in parts:
-                entry["ablation"] = ablation_part(stores, work, args, schedule)
+                best = selection["best"]["imagebinddc"] if selection else None
+                ablation_part(train, val, work, args, schedule, entry.setdefault("ablation", {}), save, best)
+            if "methods" in parts:
+                if selection is None or "best" not in selection:
+                    parser.error("--parts methods needs the select part: run it too, or pass --selection FILE")
+                methods_part(train, test, work, args, schedule, selection, entry.setdefault("methods", {}), save)
+            if "input" in parts and "input" not in entry:
+                entry["input"] = input_part(train, test, work, args, schedule)
                 save()
-            if "spaces" in parts:
-                entry["spaces"] = spaces_part(stores, work, args, schedule)
-                save()
-        if "input" in parts:
-            print("[input space]", flush=True)
-            report["input"] = input_part(demo, work, args, schedule)
-            save()
         if "retrieval" in parts:
             print("[retrieval]", flush=True)
             report["retrieval"] = retrieval_part(work, args)

@@ -42,28 +42,71 @@ def test_gpu_script_runs_tiny_on_cpu():
 
 @pytest.mark.slow
 def test_paper_table_quick_runs_and_renders(tmp_path):
-    """The paper-table script end to end on tiny settings: every method and ablation row, then --render."""
+    """The paper-table script end to end on tiny fsdd-mnist: selection on val, the test table, --render."""
     out = tmp_path / "table.json"
     env = {**os.environ, "IBDC_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--quick"]
-    command += ["--parts", "methods,ablation,spaces"]
-    command += ["--encoders", "random", "--dpcs", "1", "--json", str(out)]
+    command += ["--parts", "select,ablation,methods", "--dpcs", "1", "--ablation-dpcs", "1", "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     entry = report["encoders"]["random"]
-    assert set(entry["methods"]["rows"]) == {"random", "herding", "kcenter", "dm", "avdd", "imagebinddc"}
-    assert all(0 <= row["1"]["mean"] <= 100 and row["1"]["seconds"] > 0 for row in entry["methods"]["rows"].values())
-    assert 0 < entry["methods"]["whole"]["mean"] <= 100 and len(entry["ablation"]["rows"]) >= 10
-    assert len(entry["spaces"]["rows"]) == 12 and "imagebinddc, --space-map center" in entry["spaces"]["rows"]
+    select, ablation, methods = entry["select"], entry["ablation"], entry["methods"]
+    assert select["split"] == ablation["split"] == "val" and methods["split"] == "test"
+    assert set(select["best"]) == {"random", "herding", "kcenter", "dm", "avdd", "imagebinddc"}
+    assert len(ablation["rows"]) >= 10 and set(select["whole"]) == {"whiten", "center", "none"}
+    rows = methods["rows"]
+    assert set(rows) == {*select["best"], "imagebinddc --preset paper"}
+    for method, by_dpc in rows.items():  # each baseline ran under the space map chosen for it on val
+        expected = "none" if "paper" in method else select["best"][method]["1"]
+        assert by_dpc["1"]["space_map"] == expected and 0 <= by_dpc["1"]["mean"] <= 100
     rendered = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--render", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert rendered.returncode == 0 and "| imagebinddc |" in rendered.stdout and "whole data" in rendered.stdout
-    assert "| dm, --space-map none |" in rendered.stdout
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    assert "| imagebinddc |" in rendered.stdout and "whole data" in rendered.stdout
+    assert "**val** split" in rendered.stdout and "**test** split" in rendered.stdout
+    assert "Ablation on the val split" in rendered.stdout
+    # --resume keeps every measured cell: a second run measures nothing and reports the same numbers
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(out.read_text())["encoders"]["random"]["methods"]["rows"] == rows
+
+
+def test_selection_never_reads_the_test_split(digits, tmp_path, monkeypatch):
+    """The select part runs with the test store replaced by a file that raises on any read."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.setattr(sys, "path", sys.path)
+    import paper_table
+
+    import ibdc_cli.condense
+    import ibdc_cli.evaluate
+    import ibdc_cli.store
+
+    poison = tmp_path / "test-store"
+    poison.write_text("reading the test split during selection")
+    real_open = ibdc_cli.store.open_store
+
+    def guarded_open(path, *args, **kwargs):
+        if Path(path).resolve() == poison.resolve():
+            raise AssertionError("the selection read the test store")
+        return real_open(path, *args, **kwargs)
+
+    for module in (ibdc_cli.store, ibdc_cli.evaluate, ibdc_cli.condense):
+        monkeypatch.setattr(module, "open_store", guarded_open)
+    stores = {"train": digits["train"], "val": digits["test"], "test": poison}  # av-digits test plays val here
+    monkeypatch.setattr(paper_table, "fsdd_stores", lambda args, encoder: (stores, {"dataset": "stub"}))
+    out = tmp_path / "select.json"
+    argv = ["paper_table.py", "--quick", "--parts", "select", "--dpcs", "1", "--ablation-dpcs", "", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    paper_table.main()
+    select = json.loads(out.read_text())["encoders"]["random"]["select"]
+    assert select["split"] == "val" and set(select["best"]["dm"]) == {"1"}
+    with pytest.raises(AssertionError, match="read the test store"):  # and the guard does bite
+        ibdc_cli.evaluate.open_store(poison)
 
 
 @pytest.mark.slow

@@ -546,7 +546,7 @@ def main() -> None:
     parser.add_argument("--ablation-dpcs", default="1,10")
     parser.add_argument("--input-dpcs", default="1,10")
     parser.add_argument("--input-iterations", type=int, default=30)
-    parser.add_argument("--paper-iterations", type=int, default=300, help="steps of the --preset paper rows")
+    parser.add_argument("--paper-iterations", type=int, default=150, help="steps of the --preset paper rows")
     parser.add_argument("--iterations", type=int, help="condensation steps (default: CondenseConfig's)")
     parser.add_argument("--pairs", type=int, default=20, help="synthetic pairs in the retrieval part")
     parser.add_argument("--per-class", type=int, help="rows per class and split of fsdd-mnist (smaller: quicker)")

@@ -399,7 +399,8 @@ def encoder_title(encoder: str, parts: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine']}; started {report['started']}, took {report['minutes']:.0f} min.  ",
+        f"Machine: {report['machine']}; started {report['started']}; "
+        f"its parts took {report['minutes']:.0f} min in all.  ",
         f"Condensation defaults: {report['defaults']}.",
         "",
     ]

@@ -95,17 +95,29 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     return ensure_demo_stores(tmp_path_factory.mktemp("digits"), per_class=22)
 
 
-FSDD_MNIST_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd-mnist"
+def _find_fsdd_source() -> Path | None:
+    """`$IBDC_FSDD_MNIST_SOURCE`, else `shared/data/fsdd-mnist` beside the checkout or beside a folder above it."""
+    import os
+
+    if os.environ.get("IBDC_FSDD_MNIST_SOURCE"):
+        return Path(os.environ["IBDC_FSDD_MNIST_SOURCE"])
+    for folder in Path(__file__).resolve().parents[1:]:
+        candidate = folder / "shared" / "data" / "fsdd-mnist"
+        if (candidate / "recordings").is_dir():
+            return candidate
+    return None
+
+
+FSDD_MNIST_SOURCE = _find_fsdd_source()
 
 
 @pytest.fixture(scope="session")
 def fsdd_source() -> Path:
     """The local copy of FSDD (4 speakers) and the first 8,000 MNIST test images (../shared/data/fsdd-mnist)."""
-    import os
-
-    source = Path(os.environ.get("IBDC_FSDD_MNIST_SOURCE", FSDD_MNIST_SOURCE))
-    assert (source / "recordings").is_dir(), f"the fsdd-mnist source files are missing: {source}"
-    return source
+    if FSDD_MNIST_SOURCE is None:
+        pytest.skip("the fsdd-mnist source files are not beside this checkout: set IBDC_FSDD_MNIST_SOURCE")
+    assert (FSDD_MNIST_SOURCE / "recordings").is_dir(), f"no recordings/ in {FSDD_MNIST_SOURCE}"
+    return FSDD_MNIST_SOURCE
 
 
 @pytest.fixture(scope="session")

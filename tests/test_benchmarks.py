@@ -41,11 +41,11 @@ def test_gpu_script_runs_tiny_on_cpu():
 
 
 @pytest.mark.slow
-def test_paper_table_quick_runs_and_renders(tmp_path):
+def test_paper_table_quick_runs_and_renders(tmp_path, fsdd_source):
     """The paper-table script end to end on tiny fsdd-mnist: selection on val, the test table, --render."""
     out = tmp_path / "table.json"
     env = {**os.environ, "IBDC_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--quick"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--quick", "--source", str(fsdd_source)]
     command += ["--parts", "select,ablation,methods", "--dpcs", "1", "--ablation-dpcs", "1", "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

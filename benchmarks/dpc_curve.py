@@ -3,9 +3,10 @@
 random real rows, dm and imagebinddc (defaults) at DPC 1, 5, 10, 20, 50 with the random-init
 `imagebind_tiny`, audio + image, linear protocol, mean ± std over `--seeds` condensation seeds, scored on
 the val split (the test store is never opened), with the whole-data line in the same space. Writes a JSON
-report and a PNG plot (docs/images/dpc_curve.png with --write-docs).
+report and, with --plot, a PNG plot (docs/images/dpc_curve.png).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpc_curve.py --json benchmarks/results/dpc_curve.json --plot docs/images/dpc_curve.png
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpc_curve.py --json benchmarks/results/dpc_curve.json \
+        --plot docs/images/dpc_curve.png
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_table import cell, fsdd_stores, run_sets, table_config, whole_data  # noqa: E402
+from paper_table import at, cell, fsdd_stores, run_sets, table_config, whole_data  # noqa: E402
 
 from ibdc_cli.evaluate import HeadSchedule  # noqa: E402
 
@@ -32,8 +33,8 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, by_dpc in report["rows"].items():
         dpcs = sorted(int(d) for d in by_dpc)
-        means = [by_dpc[str(d)]["mean"] if str(d) in by_dpc else by_dpc[d]["mean"] for d in dpcs]
-        stds = [by_dpc[str(d)]["std"] if str(d) in by_dpc else by_dpc[d]["std"] for d in dpcs]
+        means = [at(by_dpc, d)["mean"] for d in dpcs]
+        stds = [at(by_dpc, d)["std"] for d in dpcs]
         ax.errorbar(dpcs, means, yerr=stds, marker="o", capsize=3, label=method)
     whole = report["whole"]
     ax.axhline(whole["mean"], color="grey", linestyle="--", label=f"whole data ({report['train_rows']} rows)")

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from ibdc_cli.condense import CondenseConfig, condense
+from ibdc_cli.condense import PRESETS, CondenseConfig, condense
 from ibdc_cli.demo import cache_dir
 from ibdc_cli.evaluate import HeadSchedule, evaluate, summarize_runs
 from ibdc_cli.space import SPACE_MAPS
@@ -62,6 +62,7 @@ METHODS = ["random", "herding", "kcenter", "dm", "avdd", "imagebinddc"]
 PAPER = "imagebinddc --preset paper"
 # The preset's lr (30, SGD) is for model inputs; in embedding space it overshoots (docs/method.md): 0.1 there.
 PAPER_EMBEDDING_LR = 0.1
+PAPER_SPACE_MAP = PRESETS["paper"]["space_map"]  # no map: the encoder's own space
 MODALITIES = ["audio", "image"]
 # (label, CondenseConfig overrides on top of the defaults), scored on val
 ABLATION = [
@@ -152,6 +153,8 @@ def fsdd_stores(args, encoder: str) -> tuple[dict[str, Path], dict[str, Any]]:
 
 def first_per_class(manifest: Path, per_class: int) -> Path:
     """A manifest beside `manifest` with its first `per_class` rows of each label."""
+    from ibdc_cli.data.benchmark import write_manifest
+
     out = manifest.with_name(f"{manifest.stem}-{per_class}.csv")
     with manifest.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -160,10 +163,7 @@ def first_per_class(manifest: Path, per_class: int) -> Path:
             seen[row["label"]] = seen.get(row["label"], 0) + 1
             if seen[row["label"]] <= per_class:
                 rows.append(row)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(out, rows, list(reader.fieldnames or []))
     return out
 
 
@@ -283,7 +283,7 @@ def methods_part(train: Path, test: Path, work: Path, args, schedule, selection,
     part.update(split="test", seeds=args.seeds)
     for method in [*METHODS, PAPER]:
         for dpc in args.dpcs:
-            space_map = "none" if method == PAPER else at(selection["best"][method], dpc)
+            space_map = PAPER_SPACE_MAP if method == PAPER else at(selection["best"][method], dpc)
 
             def config_of(seed, method=method, dpc=dpc, space_map=space_map):
                 return method_config(args, method, dpc=dpc, seed=seed, space_map=space_map)

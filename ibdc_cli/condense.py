@@ -71,7 +71,7 @@ class CondenseConfig:
     lambda_uni: float = losses.DEFAULT_LAMBDA
     lambda_cross: float = losses.DEFAULT_LAMBDA
     lambda_joint: float = losses.DEFAULT_LAMBDA
-    cross_form: str = losses.DEFAULT_CROSS_FORM  # the paper form measurably hurt (docs/benchmarks.md): opt in
+    cross_form: str = losses.DEFAULT_CROSS_FORM  # the paper form measurably hurt (docs/method.md): opt in
     joint_form: str = losses.DEFAULT_JOINT_FORM
     freq_bank: int = 16  # B fixed draws with cached real CFs (0: fresh every step, the paper); not with convnet
     space_map: str = "whiten"  # the space of the store's embeddings that is matched: see ibdc_cli/space.py

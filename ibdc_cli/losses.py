@@ -42,7 +42,7 @@ JOINT_FORMS: tuple[str, ...] = ("paper", "paper-cos", "cf", "none")
 DEFAULT_REDUCTION: Reduction = "eq3"
 """Eq. 3 at alpha = beta is a Monte-Carlo squared CF distance, an MMD (docs/method.md)."""
 DEFAULT_CROSS_FORM: CrossForm = "none"
-"""The paper form measurably hurt on av-digits (docs/benchmarks.md): opt in with ``cross_form="paper"``."""
+"""The paper form measurably hurt on fsdd-mnist val (docs/method.md): opt in with ``cross_form="paper"``."""
 DEFAULT_JOINT_FORM: JointForm = "cf"
 """The CFD of the concatenated modalities: the characteristic function of the joint distribution."""
 DEFAULT_ALPHA = 0.5

@@ -369,7 +369,8 @@ def _download(folder: Path, mirror: str | None) -> Path:
 def _read_summary(out_dir: Path) -> dict:
     """dataset.json, plus the manifests' paths (not stored: the folder may move)."""
     summary = json.loads((out_dir / "dataset.json").read_text())
-    return {**summary, "manifests": {split: str(out_dir / f"{split}.csv") for split in SPLITS}}
+    manifests = _manifest_paths(out_dir, summary["params"])
+    return {**summary, "manifests": {split: str(path) for split, path in manifests.items()}}
 
 
 def _readme(summary: dict) -> str:

@@ -101,12 +101,19 @@ def _child(conn, store, out, config) -> None:
 
 
 def condense_in_child(store: Path, out: Path, config: CondenseConfig) -> dict[str, float]:
-    """`condense(store, out, config)` in a forked process; returns its wall time and peak RSS (MiB)."""
-    context = multiprocessing.get_context("fork")
+    """`condense(store, out, config)` in a child process; returns its wall time and peak RSS (MiB).
+
+    The child comes from a fork server that imported torch but never ran it: forking a process whose
+    OpenMP threads have run (pytest after an embedding, say) can leave the child deadlocked."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ibdc_cli.condense"])
     parent, child = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(child, str(store), str(out), config))
     process.start()
     child.close()
+    while not parent.poll(1.0):
+        if not process.is_alive():
+            raise RuntimeError(f"condensation {out.name} died (exit code {process.exitcode}) without a report")
     report = parent.recv()
     process.join()
     if "error" in report:

@@ -242,7 +242,7 @@ def select_part(train: Path, val: Path, work: Path, args, schedule, part: dict[s
             part, ["whole", space_map], lambda m=space_map: whole_data(train, val, work, args.seeds, schedule, m), save
         )
         print(f"  [val] whole data, --space-map {space_map}: {cell(whole)}", flush=True)
-    for method in METHODS:
+    for method in args.methods:
         for space_map in SPACE_MAPS:
             for dpc in args.dpcs:
 
@@ -258,7 +258,7 @@ def select_part(train: Path, val: Path, work: Path, args, schedule, part: dict[s
     rows = part["rows"]
     part["best"] = {
         method: {str(d): max(SPACE_MAPS, key=lambda m: at(rows[method][m], d)["mean"]) for d in args.dpcs}
-        for method in METHODS
+        for method in args.methods
     }
     part["whole_best"] = max(SPACE_MAPS, key=lambda m: part["whole"][m]["mean"])
     save()
@@ -288,7 +288,7 @@ def ablation_part(train: Path, val: Path, work: Path, args, schedule, part, save
 def methods_part(train: Path, test: Path, work: Path, args, schedule, selection, part, save) -> dict[str, Any]:
     """The published table, on test: each method under the space map chosen for it on val."""
     part.update(split="test", seeds=args.seeds)
-    for method in [*METHODS, PAPER]:
+    for method in [*args.methods, PAPER]:
         for dpc in args.dpcs:
             space_map = PAPER_SPACE_MAP if method == PAPER else at(selection["best"][method], dpc)
 
@@ -550,6 +550,7 @@ def main() -> None:
     parser.add_argument("--select-seeds", type=int, default=2, help="condensation seeds of each val score")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="condensation seeds of each ablation cell")
     parser.add_argument("--resume", action="store_true", help="keep the cells already measured in --json")
+    parser.add_argument("--methods", default=",".join(METHODS), help="methods of the select and methods parts")
     parser.add_argument("--dpcs", default="1,10,20")
     parser.add_argument("--ablation-dpcs", default="1,10")
     parser.add_argument("--input-dpcs", default="1,10")
@@ -586,6 +587,10 @@ def main() -> None:
         if args.write_docs:
             write_docs(text)
         return
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(METHODS)}")
     args.dpcs = [int(d) for d in args.dpcs.split(",")]
     args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",") if d]
     args.input_dpcs = [int(d) for d in args.input_dpcs.split(",")]

@@ -42,9 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 from ibdc_cli import __version__
 from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
-from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, Encoder, load_encoder
+from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PREFIX, Encoder, load_encoder
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import atomic_save_tensors, file_sha256, prepare_partial_dir, read_tensors
 
 BOUND_FORMAT = "ibdc-bound-encoder"
@@ -98,7 +99,9 @@ def bind_encoder(
     warmup_epochs: float = 1.0,
     temperature: float = 0.07,
     label_positives: bool = False,
-    center_anchor: bool = True,
+    anchor_map: str = "whiten",
+    augment: bool = True,
+    val_manifest: str | Path | None = None,
     val_fraction: float = 0.1,
     workers: int = 2,
     device: str = "auto",
@@ -122,8 +125,9 @@ def bind_encoder(
         "warmup_epochs": warmup_epochs,
         "temperature": temperature,
         "label_positives": label_positives,
-        "center_anchor": center_anchor,
-        "val_fraction": val_fraction,
+        "anchor_map": anchor_map,
+        "augment": augment,
+        "val_fraction": 0.0 if val_manifest is not None else val_fraction,
         "seed": seed,
     }
     _check_request(modalities, anchor, out, overwrite, settings)
@@ -133,7 +137,13 @@ def bind_encoder(
     if label_positives and not manifest.class_names:
         raise IbdcError(f"--label-positives needs a 'label' column; {manifest.path} has none")
     has = _check_rows(manifest, modalities, anchor)
-    train_rows, val_rows = split_rows(len(manifest.rows), val_fraction, seed)
+    if val_manifest is not None:  # a split of its own (another speaker, say): every manifest row trains
+        held_out = read_manifest(val_manifest, modalities, require_label=False)
+        held_out_has = _check_rows(held_out, modalities, anchor)
+        held_out_labels = labels_in(held_out, manifest)
+        train_rows, val_rows = list(range(len(manifest.rows))), list(range(len(held_out.rows)))
+    else:
+        train_rows, val_rows = split_rows(len(manifest.rows), val_fraction, seed)
     for m in bound:
         if sum(has[m][r] for r in train_rows) < 2:
             raise IbdcError(f"{manifest.path}: fewer than 2 training rows have a {m!r} cell; nothing to bind")
@@ -151,6 +161,7 @@ def bind_encoder(
         "modalities": modalities,
         "anchor": anchor,
         "manifest_sha256": manifest.sha256,
+        "val_manifest_sha256": None if val_manifest is None else held_out.sha256,
         **settings,
     }
     work = partial_dir(out)
@@ -160,6 +171,8 @@ def bind_encoder(
         log(f"--resume: no finished epoch in {work}; starting from the beginning")
     try:
         data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
+        if val_manifest is not None:
+            val_data = load_rows(encoder, held_out, modalities, anchor, held_out_has, batch_size, workers, torch_device)
     except IbdcError:
         if not (work / "state.safetensors").exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -167,24 +180,33 @@ def bind_encoder(
     if resuming:
         log(f"resuming the unfinished bind in {work}")
 
-    # Anchor centring (step 3 of the module docstring). The centre is added to any centre the starting
-    # checkpoint already had, so that forward_raw - center stays the space trained here.
+    # The anchor's map (step 3 of the module docstring), fitted on the training rows. A starting
+    # checkpoint that already maps the anchor (one made by an earlier bind) keeps its map: the towers
+    # bound then stay in the space that this bind's towers join.
     raw = data["anchor_raw"]
-    mean = raw[train_rows].mean(0) if center_anchor else torch.zeros(raw.shape[1])
-    if center_anchor:
-        previous = encoder.centers.get(anchor)
-        encoder.centers[anchor] = (mean if previous is None else previous.cpu() + mean).to(torch_device)
-    anchor_embeddings = F.normalize(raw - mean, dim=-1)  # [N, D]
+    kept = anchor in encoder.centers or anchor in encoder.whiteners
+    anchor_space = None if kept else fit_space_map(raw[train_rows], anchor_map)
+    if anchor_space is not None:
+        encoder.centers[anchor] = anchor_space.center.to(torch_device)
+        if anchor_space.whitening is not None:
+            encoder.whiteners[anchor] = anchor_space.whitening.to(torch_device)
+    anchor_embeddings = map_embeddings(raw, anchor_space)  # [N, D]
     anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
-    anisotropy["centred"] = mean_cosine(anchor_embeddings[train_rows])
+    anisotropy["mapped"] = mean_cosine(anchor_embeddings[train_rows])
+    how = "kept from the starting checkpoint" if kept else anchor_map
     log(
         f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
-        f"{anisotropy['centred']:.3f} {'centred' if center_anchor else '(not centred)'}"
+        f"{anisotropy['mapped']:.3f} mapped ({how})"
     )
     labels = torch.tensor(manifest.labels, dtype=torch.int64)
+    if val_manifest is None:
+        val_data, val_anchor, val_labels = data, anchor_embeddings, labels
+    else:
+        val_data, val_anchor = val_data, map_embeddings(val_data["anchor_raw"], anchor_space)
+        val_labels = held_out_labels
 
     def evaluate() -> dict[str, dict[str, float]]:
-        return {m: held_out_metrics(encoder, m, data, anchor_embeddings, labels, val_rows, batch_size) for m in bound}
+        return {m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound}
 
     trained = train_towers(
         encoder,
@@ -212,13 +234,17 @@ def bind_encoder(
         "anchor": anchor,
         "bound": bound,
         "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
-        "centred": center_anchor,
+        "anchor_map": how,
         "centers": sorted(encoder.centers),
+        "whiteners": sorted(encoder.whiteners),
         "anchor_mean_cosine": anisotropy,
         "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
         "settings": {**settings, "workers": workers, "device": str(torch_device)},
         "rows": {"train": len(train_rows), "held_out": len(val_rows)},
         "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+        "val_manifest": None
+        if val_manifest is None
+        else {"path": str(held_out.path.resolve()), "sha256": held_out.sha256, "rows": len(held_out.rows)},
         "class_names": manifest.class_names,
         "preprocessing": {m: PREPROCESSING[m] for m in modalities},
         "metrics": {"before": trained["before"], "after": after},
@@ -250,6 +276,8 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError("--lr and --temperature must be positive")
     if settings["weight_decay"] < 0 or settings["warmup_epochs"] < 0:
         raise IbdcError("--weight-decay and --warmup-epochs must not be negative")
+    if settings["anchor_map"] not in SPACE_MAPS:
+        raise IbdcError(f"--anchor-map {settings['anchor_map']}: choose one of {', '.join(SPACE_MAPS)}")
     if not 0 <= settings["val_fraction"] < 1:
         raise IbdcError(f"--val-fraction must be in [0, 1), not {settings['val_fraction']}")
 
@@ -288,6 +316,19 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[
         raise IbdcError(f"{n} rows leave fewer than 2 training rows with --val-fraction {val_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def labels_in(held_out: Manifest, manifest: Manifest) -> torch.Tensor:
+    """The labels of `held_out`'s rows as ids of `manifest`'s classes (`[N]` int64, -1 when unlabelled)."""
+    if not held_out.class_names:
+        return torch.full((len(held_out.rows),), -1, dtype=torch.int64)
+    if not manifest.class_names:  # nothing to compare labels with
+        return torch.full((len(held_out.rows),), -1, dtype=torch.int64)
+    lookup = {name: i for i, name in enumerate(manifest.class_names)}
+    unknown = sorted(set(held_out.class_names) - set(lookup))
+    if unknown:
+        raise IbdcError(f"--val-manifest {held_out.path}: label {unknown[0]!r} has no training rows in {manifest.path}")
+    return torch.tensor([lookup[held_out.class_names[y]] for y in held_out.labels], dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -363,9 +404,22 @@ def load_rows(
         present = torch.tensor(has[m])
         slot = torch.full((len(present),), -1, dtype=torch.int64)
         slot[present] = torch.arange(int(present.sum()))
-        data[f"inputs.{m}"] = torch.stack(inputs[m])
+        data[f"inputs.{m}"] = one_clip_if_repeated(torch.stack(inputs[m]), m)
         data[f"slot.{m}"] = slot
     return data
+
+
+def one_clip_if_repeated(x: torch.Tensor, modality: str) -> torch.Tensor:
+    """`x` `[N, S, ...]` cut to its first clip when every row's S clips are equal, else `x` unchanged.
+
+    ImageBind embeds a clip-split input (audio: 3 clips of 2 s) as the mean of its clips' embeddings, so
+    equal clips embed exactly as one does. Recordings shorter than a clip (spoken digits: under a
+    second) give S equal, zero-padded clips: training on one of them costs a third of the time.
+    """
+    if x.ndim < 5 or x.shape[1] < 2 or not bool((x == x[:, :1]).all()):
+        return x
+    log(f"{modality}: every row's {x.shape[1]} clips are equal (short recordings); training on one")
+    return x[:, :1].contiguous()
 
 
 def rows_of(data: dict[str, Any], modality: str, rows: torch.Tensor) -> torch.Tensor:
@@ -431,6 +485,49 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float, labels: torch
     return (x_to_y.mean() + y_to_x.mean()) / 2
 
 
+# Audio augmentation (`--augment`), on the normalised log-mel inputs `[B, S, 1, 128, 204]` (frames 10 ms):
+# what differs between speakers and microphones more than between takes of one speaker.
+AUDIO_MAX_DELAY = 30  # frames: the onset moves right by up to 0.3 s (the clip's tail wraps to its head)
+AUDIO_MEL_SHIFT = 6  # mel bins up or down: a longer or shorter vocal tract (VTLP-like)
+AUDIO_GAIN = 0.4  # +-15 dB: log-mel energies shift by up to 0.4 fbank std
+AUDIO_TILT = 0.3  # a random straight-line spectral tilt (microphone / channel colour), in fbank std
+AUDIO_NOISE = 0.05  # Gaussian noise, in units of the fbank std
+AUDIO_MASKS = ((2, 16, -2), (2, 20, -1))  # SpecAugment: 2 bands of <= 16 mel bins, 2 spans of <= 20 frames
+
+
+def augment_audio(x: torch.Tensor) -> torch.Tensor:
+    """A random variant of each audio input `x` `[B, S, 1, F, T]`: delay, mel shift, gain, tilt, noise and
+    SpecAugment masks (masked cells set to 0, the fbank mean). Draws from torch's global stream (seeded and
+    checkpointed with the training state)."""
+    batch, bins, frames = x.shape[0], x.shape[-2], x.shape[-1]
+    delay = torch.randint(0, AUDIO_MAX_DELAY + 1, (batch, 1))
+    index = (torch.arange(frames)[None, :] - delay) % frames  # [B, T]
+    x = x.gather(-1, index.to(x.device).view(batch, 1, 1, 1, frames).expand_as(x))
+    shift = torch.randint(-AUDIO_MEL_SHIFT, AUDIO_MEL_SHIFT + 1, (batch, 1))
+    index = (torch.arange(bins)[None, :] - shift).clamp(0, bins - 1)  # [B, F]; edge bins repeat
+    x = x.gather(-2, index.to(x.device).view(batch, 1, 1, bins, 1).expand_as(x))
+    ramp = torch.linspace(-1, 1, bins).view(1, 1, 1, bins, 1)
+    level = (
+        AUDIO_GAIN * (2 * torch.rand(batch, 1, 1, 1, 1) - 1)
+        + AUDIO_TILT * (2 * torch.rand(batch, 1, 1, 1, 1) - 1) * ramp
+    )
+    x = x + level.to(x.device) + AUDIO_NOISE * torch.randn(x.shape).to(x.device)
+    for count, widest, dim in AUDIO_MASKS:
+        size = x.shape[dim]
+        cells = torch.arange(size)[None, :]
+        for _ in range(count):
+            width = torch.randint(0, widest + 1, (batch, 1))
+            first = (torch.rand(batch, 1) * (size - width + 1)).long()
+            mask = (cells >= first) & (cells < first + width)  # [B, size]
+            shape = [batch, 1, 1, 1, 1]
+            shape[dim] = size
+            x = x.masked_fill(mask.view(shape).to(x.device), 0.0)
+    return x
+
+
+AUGMENTATIONS = {"audio": augment_audio}
+
+
 def bind_loss(
     encoder: Encoder,
     bound: list[str],
@@ -439,15 +536,20 @@ def bind_loss(
     labels: torch.Tensor | None,
     rows: torch.Tensor,
     temperature: float,
+    augment: bool = False,
 ) -> torch.Tensor:
-    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`."""
+    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`.
+    With `augment`, the inputs of modalities in `AUGMENTATIONS` (audio) are randomly varied first."""
     device = encoder.device
     total = torch.zeros((), device=device)
     for m in bound:
         present = rows_of(data, m, rows)
         if len(present) < 2:  # a single pair has no negatives
             continue
-        z = encoder.embed(m, inputs_of(data, m, present).to(device))
+        x = inputs_of(data, m, present).to(device)
+        if augment and m in AUGMENTATIONS:
+            x = AUGMENTATIONS[m](x)
+        z = encoder.embed(m, x)
         a = anchor_embeddings[present].to(device)
         total = total + info_nce(z, a, temperature, None if labels is None else labels[present].to(device))
     return total
@@ -504,7 +606,16 @@ def train_towers(
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(step, total_steps, warmup, settings["lr"])
                     batch = order_rows[k * batch_size : (k + 1) * batch_size]
-                    loss = bind_loss(encoder, bound, data, anchor_embeddings, labels, batch, settings["temperature"])
+                    loss = bind_loss(
+                        encoder,
+                        bound,
+                        data,
+                        anchor_embeddings,
+                        labels,
+                        batch,
+                        settings["temperature"],
+                        settings["augment"],
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     if loss.requires_grad:
                         loss.backward()
@@ -656,6 +767,7 @@ def write_checkpoint(out: Path, encoder: Encoder, metadata: dict[str, Any]) -> N
     # clone: safetensors refuses tensors that share memory
     tensors = {k: v.detach().cpu().clone() for k, v in encoder.model.state_dict().items()}
     tensors.update({CENTER_PREFIX + m: c.detach().cpu().clone() for m, c in encoder.centers.items()})
+    tensors.update({WHITEN_PREFIX + m: w.detach().cpu().clone() for m, w in encoder.whiteners.items()})
     atomic_save_tensors(out, tensors, metadata={"ibdc": json.dumps(metadata)})
 
 

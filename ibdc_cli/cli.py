@@ -461,15 +461,33 @@ def bind(
         bool,
         typer.Option("--label-positives", help="Count rows of the same label as positives, not only the same row."),
     ] = False,
-    center_anchor: Annotated[
+    anchor_map: Annotated[
+        str,
+        typer.Option(
+            "--anchor-map",
+            help="The anchor's map, fitted on the training rows and saved in the checkpoint: whiten, center "
+            "or none (a random tower's outputs differ along one direction; whitening lets its class structure "
+            "show).",
+        ),
+    ] = "whiten",
+    augment: Annotated[
         bool,
         typer.Option(
-            "--center-anchor/--no-center-anchor",
-            help="Subtract the anchor's mean output over the training rows (saved in the checkpoint).",
+            "--augment/--no-augment",
+            help="Randomly vary the trained audio tower's inputs (delay, gain, noise, SpecAugment masks).",
         ),
     ] = True,
+    val_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-manifest",
+            help="Manifest of held-out rows (another speaker, say) for the before/after metrics; "
+            "then every row of MANIFEST trains.",
+        ),
+    ] = None,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of rows held out (seeded) for before/after retrieval.")
+        float,
+        typer.Option("--val-fraction", help="Without --val-manifest: share of rows held out (seeded) for the metrics."),
     ] = 0.1,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
     device: DeviceOpt = "auto",
@@ -500,7 +518,9 @@ def bind(
         warmup_epochs=warmup_epochs,
         temperature=temperature,
         label_positives=label_positives,
-        center_anchor=center_anchor,
+        anchor_map=anchor_map,
+        augment=augment,
+        val_manifest=val_manifest,
         val_fraction=val_fraction,
         workers=workers,
         device=device,
@@ -511,7 +531,7 @@ def bind(
         return
     if as_json:
         meta = result.metadata
-        keys = ("preset", "anchor", "bound", "rows", "metrics", "loss_history", "wall_time_s", "settings")
+        keys = ("preset", "anchor", "bound", "rows", "val_manifest", "metrics", "loss_history", "wall_time_s", "settings")
         _print_json({"out": str(result.out), **{k: meta[k] for k in keys}})
         return
     print(format_report(result))

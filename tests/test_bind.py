@@ -11,7 +11,15 @@ from conftest import write_image, write_manifest, write_wav
 from safetensors.torch import save_file
 
 from ibdc_cli import bind as bind_module
-from ibdc_cli.bind import bind_encoder, class_mean_cosines, format_report, info_nce, partial_dir
+from ibdc_cli.bind import (
+    augment_audio,
+    bind_encoder,
+    class_mean_cosines,
+    format_report,
+    info_nce,
+    one_clip_if_repeated,
+    partial_dir,
+)
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders.imagebind import build_model, load_encoder
@@ -67,18 +75,18 @@ def test_checkpoint_reproduces_the_trained_encoder(bound):
     result, manifest = bound
     loaded = load_encoder("imagebind_tiny", checkpoint=result.out)
     assert loaded.describe() == result.encoder.describe()
-    assert set(loaded.centers) == {"image"}
+    assert set(loaded.centers) == set(loaded.whiteners) == {"image"}
     with torch.no_grad():
         for modality in ("image", "audio"):
             x = _inputs(manifest, modality)
             assert torch.equal(loaded.embed(modality, x), result.encoder.embed(modality, x)), modality
-    # The centre is the mean raw anchor output over the training rows: centred embeddings spread out.
+    # The anchor's map is fitted on the training rows: a random tower's raw outputs share one direction.
     raw = torch.nn.functional.normalize(build_model("imagebind_tiny")({"vision": _inputs(manifest, "image")})["vision"])
     assert (raw @ raw.T).mean() > 0.9
     _, metadata = read_tensors(result.out)
     info = json.loads(metadata["ibdc"])
     assert info["preset"] == "imagebind_tiny" and info["anchor"] == "image" and info["bound"] == ["audio"]
-    assert info["centred"] and info["settings"]["temperature"] == 0.07 and info["ibdc_version"]
+    assert info["anchor_map"] == "whiten" and info["settings"]["temperature"] == 0.07 and info["ibdc_version"]
     assert info["manifest"]["sha256"] == read_manifest(manifest, ["image"]).sha256
     assert set(info["metrics"]["before"]["audio"]) >= {"r1_to_anchor", "r1_from_anchor", "cos_same_class"}
     assert {"cos_class_means", "cos_class_means_other"} <= set(info["metrics"]["after"]["audio"])
@@ -248,3 +256,72 @@ def test_report_shows_row_and_class_mean_cosines(bound):
     report = format_report(result)
     assert "cosine, same class" in report and "cosine of class means, same class" in report
     assert "cosine of class means, other classes" in report
+
+
+def test_val_manifest_holds_out_its_own_rows(tmp_path, cli):
+    """With --val-manifest every training row trains and the metrics come from the other manifest's rows,
+    whose labels are matched to the training classes by name."""
+    train = _pairs(tmp_path / "train", rows=8)
+    held_out = _pairs(tmp_path / "val", rows=6)
+    out = tmp_path / "enc.safetensors"
+    done = cli("bind", train, "-m", "image,audio", "--out", out, *FAST, "--val-manifest", held_out, "--json")
+    assert done.code == 0, done
+    summary = json.loads(done.out)
+    assert summary["rows"] == {"train": 8, "held_out": 6} and summary["val_manifest"]["rows"] == 6
+    for when in ("before", "after"):
+        metrics = summary["metrics"][when]["audio"]
+        assert metrics["rows"] == 6 and {"label_r1_to_anchor", "cos_class_means"} <= set(metrics)
+    stranger = tmp_path / "val" / "stranger.csv"
+    stranger.write_text(held_out.read_text().replace(",low", ",middle"))
+    refused = cli(
+        "bind", train, "-m", "image,audio", "--out", tmp_path / "b.safetensors", *FAST, "--val-manifest", stranger
+    )
+    assert refused.code == 2 and "'middle' has no training rows" in refused.err
+
+
+def test_binding_from_a_bound_checkpoint_keeps_the_anchor_map(bound, tmp_path):
+    """A second bind (text, from the first bind's checkpoint) keeps the image map, so audio stays bound."""
+    result, manifest = bound
+    again = bind_encoder(
+        manifest,
+        ["image", "text"],
+        "image",
+        tmp_path / "again.safetensors",
+        checkpoint=result.out,
+        epochs=1,
+        batch_size=3,
+        workers=0,
+        val_fraction=0.25,
+        device="cpu",
+    )
+    assert torch.equal(again.encoder.centers["image"], result.encoder.centers["image"])
+    assert torch.equal(again.encoder.whiteners["image"], result.encoder.whiteners["image"])
+    with torch.no_grad():
+        for modality in ("image", "audio"):
+            x = _inputs(manifest, modality)
+            assert torch.equal(again.encoder.embed(modality, x), result.encoder.embed(modality, x)), modality
+
+
+def test_equal_clips_embed_as_one():
+    """Short recordings give equal clips; training on one of them changes no embedding."""
+    encoder = load_encoder("imagebind_tiny", seed=0)
+    one = torch.randn(4, 1, 1, 128, 204, generator=torch.Generator().manual_seed(0))
+    three = one.expand(4, 3, 1, 128, 204).contiguous()
+    assert one_clip_if_repeated(three, "audio").shape == (4, 1, 1, 128, 204)
+    with torch.no_grad():
+        assert torch.allclose(encoder.embed("audio", three), encoder.embed("audio", one), atol=1e-6)
+    different = three.clone()
+    different[0, 2] += 1
+    assert one_clip_if_repeated(different, "audio") is different
+
+
+def test_augment_audio_varies_the_input_reproducibly():
+    # steady bands (constant in time), so that a delay leaves them as they are
+    x = torch.randn(8, 1, 1, 128, 1, generator=torch.Generator().manual_seed(0)).expand(8, 1, 1, 128, 204)
+    torch.manual_seed(1)
+    a = augment_audio(x)
+    torch.manual_seed(1)
+    b = augment_audio(x)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.allclose(a, x) and (a == 0).any()  # changed, with masked cells
+    assert (a - x).abs().mean() < x.abs().mean()  # a variant of the input, not noise

@@ -75,6 +75,7 @@ NEEDS_WEIGHTS = {"imagebind_huge"}
 CHECKPOINT_ENV = "IBDC_CHECKPOINT"
 # Tensors of a bound checkpoint (`ibdc bind`) that are ours, not the model's.
 CENTER_PREFIX = "ibdc.center."
+WHITEN_PREFIX = "ibdc.whiten."
 
 
 def _install_import_workaround() -> None:
@@ -124,7 +125,8 @@ class Encoder:
     preset: str
     checkpoint: str | None  # SHA-256 of the checkpoint file, None for random init
     seed: int
-    centers: dict[str, torch.Tensor] = field(default_factory=dict)
+    centers: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [D], subtracted
+    whiteners: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [D, D], applied after
 
     @property
     def out_dim(self) -> int:
@@ -148,14 +150,18 @@ class Encoder:
     def to(self, device: torch.device | str) -> Encoder:
         self.model.to(device)
         self.centers = {k: v.to(device) for k, v in self.centers.items()}
+        self.whiteners = {k: v.to(device) for k, v in self.whiteners.items()}
         return self
 
     def forward_raw(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """ImageBind's output for one modality, centred if the checkpoint says so, not normalised."""
+        """ImageBind's output for one modality, not normalised; centred and whitened where the checkpoint
+        says so (a bound encoder's anchor: `(out - center) @ whitener`)."""
         key = MODALITY_KEYS[modality]
         out = self.model({key: x})[key]
         if modality in self.centers:
             out = out - self.centers[modality].to(out.dtype)
+        if modality in self.whiteners:
+            out = out @ self.whiteners[modality].to(out.dtype)
         return out
 
     def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +240,7 @@ def load_encoder(
         )
     model = build_model(preset, seed)
     centers: dict[str, torch.Tensor] = {}
+    whiteners: dict[str, torch.Tensor] = {}
     sha = None
     if path is not None:
         state, metadata = read_checkpoint(path)
@@ -245,10 +252,11 @@ def load_encoder(
                     f"checkpoint {path} was made for preset {recorded_preset!r}, not {preset!r} (use --model)"
                 )
         centers = {k[len(CENTER_PREFIX) :]: v for k, v in state.items() if k.startswith(CENTER_PREFIX)}
-        state = {k: v for k, v in state.items() if not k.startswith(CENTER_PREFIX)}
+        whiteners = {k[len(WHITEN_PREFIX) :]: v for k, v in state.items() if k.startswith(WHITEN_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith((CENTER_PREFIX, WHITEN_PREFIX))}
         _load_state(model, state, path, preset)
         sha = file_sha256(path)
-    encoder = Encoder(model=model, preset=preset, checkpoint=sha, seed=seed, centers=centers)
+    encoder = Encoder(model=model, preset=preset, checkpoint=sha, seed=seed, centers=centers, whiteners=whiteners)
     return encoder.to(device)
 
 

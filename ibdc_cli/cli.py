@@ -531,7 +531,17 @@ def bind(
         return
     if as_json:
         meta = result.metadata
-        keys = ("preset", "anchor", "bound", "rows", "val_manifest", "metrics", "loss_history", "wall_time_s", "settings")
+        keys = (
+            "preset",
+            "anchor",
+            "bound",
+            "rows",
+            "val_manifest",
+            "metrics",
+            "loss_history",
+            "wall_time_s",
+            "settings",
+        )
         _print_json({"out": str(result.out), **{k: meta[k] for k in keys}})
         return
     print(format_report(result))

@@ -136,3 +136,17 @@ def test_prototype_locations_scores_the_mean_and_kernel_modes(digits, tmp_path):
         assert row["mode σ=0.01"] == pytest.approx(row["mean (dm)"], abs=1.0)
         assert all(0 <= row[k] <= 100 for k in ("mean (dm)", "mode σ=0.01", "mode σ=2"))
     assert "| whiten |" in result.stdout
+
+
+@pytest.mark.slow
+def test_bind_speed_quick_runs(tmp_path, fsdd_source):
+    """The bind profile on a few fsdd-mnist rows: every setting timed, one clip cheaper per step in total work."""
+    out = tmp_path / "bind_speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bind_speed.py"), "--quick", "--source", str(fsdd_source)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["clips_equal"] is True and report["steps_per_epoch"] == 3
+    assert {"3 clips, 1 thread", "1 clip, 1 thread"} <= set(report["step"])
+    assert all(entry["step_s"] > 0 for entry in report["step"].values())

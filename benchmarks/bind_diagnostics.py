@@ -15,7 +15,7 @@ speaker is never trained on), with the imagebind_tiny preset, random init, seed 
 
 Run from the repository root:
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bind_diagnostics.py --source ../shared/data/fsdd-mnist \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bind_diagnostics.py --source ../shared/data/fsdd-mnist \
         --json benchmarks/results/bind_diagnostics.json
 """
 
@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ibdc_cli.bind import load_rows, mean_cosine
+from ibdc_cli.bind import _check_rows, load_rows, mean_cosine
 from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.encoders.imagebind import MODALITY_KEYS, load_encoder
@@ -96,7 +96,7 @@ def main() -> None:
         build_fsdd_mnist(Path(folder) / "data", source=Path(args.source))
         for split in ("train", "val"):
             manifest = read_manifest(Path(folder) / "data" / f"{split}.csv", ["image", "audio"])
-            has = {m: [True] * len(manifest.rows) for m in ("image", "audio")}
+            has = _check_rows(manifest, ["image", "audio"], "image")
             rows = load_rows(encoder, manifest, ["image", "audio"], "image", has, 64, 0, torch.device("cpu"))
             data[split] = {**rows, "labels": torch.tensor(manifest.labels)}
     train, val = data["train"], data["val"]

@@ -202,8 +202,7 @@ def bind_encoder(
     if val_manifest is None:
         val_data, val_anchor, val_labels = data, anchor_embeddings, labels
     else:
-        val_data, val_anchor = val_data, map_embeddings(val_data["anchor_raw"], anchor_space)
-        val_labels = held_out_labels
+        val_anchor, val_labels = map_embeddings(val_data["anchor_raw"], anchor_space), held_out_labels
 
     def evaluate() -> dict[str, dict[str, float]]:
         return {m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound}
@@ -320,9 +319,7 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[
 
 def labels_in(held_out: Manifest, manifest: Manifest) -> torch.Tensor:
     """The labels of `held_out`'s rows as ids of `manifest`'s classes (`[N]` int64, -1 when unlabelled)."""
-    if not held_out.class_names:
-        return torch.full((len(held_out.rows),), -1, dtype=torch.int64)
-    if not manifest.class_names:  # nothing to compare labels with
+    if not held_out.class_names or not manifest.class_names:  # no labels, or none to compare them with
         return torch.full((len(held_out.rows),), -1, dtype=torch.int64)
     lookup = {name: i for i, name in enumerate(manifest.class_names)}
     unknown = sorted(set(held_out.class_names) - set(lookup))

@@ -474,7 +474,7 @@ def bind(
         bool,
         typer.Option(
             "--augment/--no-augment",
-            help="Randomly vary the trained audio tower's inputs (delay, gain, noise, SpecAugment masks).",
+            help="Randomly vary the trained audio tower's inputs (a delay, a mel shift and a gain).",
         ),
     ] = True,
     val_manifest: Annotated[

@@ -46,7 +46,7 @@ from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PRE
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
-from ibdc_cli.store import atomic_save_tensors, file_sha256, prepare_partial_dir, read_tensors
+from ibdc_cli.store import atomic_save_tensors, file_sha256, output_lock, prepare_partial_dir, read_tensors
 
 BOUND_FORMAT = "ibdc-bound-encoder"
 BOUND_VERSION = 1
@@ -99,6 +99,7 @@ def bind_encoder(
     warmup_epochs: float = 1.0,
     temperature: float = 0.07,
     label_positives: bool = False,
+    targets: str = "rows",
     anchor_map: str = "whiten",
     augment: bool = True,
     val_manifest: str | Path | None = None,
@@ -125,6 +126,7 @@ def bind_encoder(
         "warmup_epochs": warmup_epochs,
         "temperature": temperature,
         "label_positives": label_positives,
+        "targets": targets,
         "anchor_map": anchor_map,
         "augment": augment,
         "val_fraction": 0.0 if val_manifest is not None else val_fraction,
@@ -136,6 +138,8 @@ def bind_encoder(
     manifest = read_manifest(manifest_path, modalities, require_label=False)
     if label_positives and not manifest.class_names:
         raise IbdcError(f"--label-positives needs a 'label' column; {manifest.path} has none")
+    if targets == "class-means" and not manifest.class_names:
+        raise IbdcError(f"--targets class-means needs a 'label' column; {manifest.path} has none")
     has = _check_rows(manifest, modalities, anchor)
     if val_manifest is not None:  # a split of its own (another speaker, say): every manifest row trains
         held_out = read_manifest(val_manifest, modalities, require_label=False)
@@ -155,106 +159,116 @@ def bind_encoder(
     torch_device = resolve_device(state, device)
     encoder.to(torch_device)
 
-    job = {
-        "preset": model,
-        "start": encoder.describe()["weights"],
-        "modalities": modalities,
-        "anchor": anchor,
-        "manifest_sha256": manifest.sha256,
-        "val_manifest_sha256": None if val_manifest is None else held_out.sha256,
-        **settings,
-    }
-    work = partial_dir(out)
-    prepare_partial_dir(work, job, resume)
-    resuming = resume and (work / "state.safetensors").exists()
-    if resume and not resuming:
-        log(f"--resume: no finished epoch in {work}; starting from the beginning")
-    try:
-        data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
-        if val_manifest is not None:
-            val_data = load_rows(encoder, held_out, modalities, anchor, held_out_has, batch_size, workers, torch_device)
-    except IbdcError:
-        if not (work / "state.safetensors").exists():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if resuming:
-        log(f"resuming the unfinished bind in {work}")
+    with output_lock(out):  # a second bind to this --out exits 2 here, touching nothing
+        job = {
+            "preset": model,
+            "start": encoder.describe()["weights"],
+            "modalities": modalities,
+            "anchor": anchor,
+            "manifest_sha256": manifest.sha256,
+            "val_manifest_sha256": None if val_manifest is None else held_out.sha256,
+            **settings,
+        }
+        work = partial_dir(out)
+        prepare_partial_dir(work, job, resume)
+        resuming = resume and (work / "state.safetensors").exists()
+        if resume and not resuming:
+            log(f"--resume: no finished epoch in {work}; starting from the beginning")
+        try:
+            data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
+            if val_manifest is not None:
+                val_data = load_rows(
+                    encoder, held_out, modalities, anchor, held_out_has, batch_size, workers, torch_device
+                )
+        except IbdcError:
+            if not (work / "state.safetensors").exists():
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if resuming:
+            log(f"resuming the unfinished bind in {work}")
 
-    # The anchor's map (step 3 of the module docstring), fitted on the training rows. A starting
-    # checkpoint that already maps the anchor (one made by an earlier bind) keeps its map: the towers
-    # bound then stay in the space that this bind's towers join.
-    raw = data["anchor_raw"]
-    kept = anchor in encoder.centers or anchor in encoder.whiteners
-    anchor_space = None if kept else fit_space_map(raw[train_rows], anchor_map)
-    if anchor_space is not None:
-        encoder.centers[anchor] = anchor_space.center.to(torch_device)
-        if anchor_space.whitening is not None:
-            encoder.whiteners[anchor] = anchor_space.whitening.to(torch_device)
-    anchor_embeddings = map_embeddings(raw, anchor_space)  # [N, D]
-    anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
-    anisotropy["mapped"] = mean_cosine(anchor_embeddings[train_rows])
-    how = "kept from the starting checkpoint" if kept else anchor_map
-    log(
-        f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
-        f"{anisotropy['mapped']:.3f} mapped ({how})"
-    )
-    labels = torch.tensor(manifest.labels, dtype=torch.int64)
-    if val_manifest is None:
-        val_data, val_anchor, val_labels = data, anchor_embeddings, labels
-    else:
-        val_anchor, val_labels = map_embeddings(val_data["anchor_raw"], anchor_space), held_out_labels
+        # The anchor's map (step 3 of the module docstring), fitted on the training rows. A starting
+        # checkpoint that already maps the anchor (one made by an earlier bind) keeps its map: the towers
+        # bound then stay in the space that this bind's towers join.
+        raw = data["anchor_raw"]
+        kept = anchor in encoder.centers or anchor in encoder.whiteners
+        anchor_space = None if kept else fit_space_map(raw[train_rows], anchor_map)
+        if anchor_space is not None:
+            encoder.centers[anchor] = anchor_space.center.to(torch_device)
+            if anchor_space.whitening is not None:
+                encoder.whiteners[anchor] = anchor_space.whitening.to(torch_device)
+        anchor_embeddings = map_embeddings(raw, anchor_space)  # [N, D]
+        anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
+        anisotropy["mapped"] = mean_cosine(anchor_embeddings[train_rows])
+        how = "kept from the starting checkpoint" if kept else anchor_map
+        log(
+            f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
+            f"{anisotropy['mapped']:.3f} mapped ({how})"
+        )
+        labels = torch.tensor(manifest.labels, dtype=torch.int64)
+        class_targets = None
+        if targets == "class-means":
+            class_targets = class_means(anchor_embeddings[train_rows], labels[train_rows], len(manifest.class_names))
+        if val_manifest is None:
+            val_data, val_anchor, val_labels = data, anchor_embeddings, labels
+        else:
+            val_anchor, val_labels = map_embeddings(val_data["anchor_raw"], anchor_space), held_out_labels
 
-    def evaluate() -> dict[str, dict[str, float]]:
-        return {m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound}
+        def evaluate() -> dict[str, dict[str, float]]:
+            return {
+                m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound
+            }
 
-    trained = train_towers(
-        encoder,
-        bound,
-        data,
-        anchor_embeddings,
-        labels if label_positives else None,
-        train_rows,
-        settings,
-        work,
-        resuming,
-        evaluate,
-        torch_device,
-        started,
-    )
-    after = evaluate()
-    encoder.model.eval()
+        trained = train_towers(
+            encoder,
+            bound,
+            data,
+            anchor_embeddings,
+            labels if label_positives or class_targets is not None else None,
+            class_targets,
+            train_rows,
+            settings,
+            work,
+            resuming,
+            evaluate,
+            torch_device,
+            started,
+        )
+        after = evaluate()
+        encoder.model.eval()
 
-    metadata = {
-        "format": BOUND_FORMAT,
-        "format_version": BOUND_VERSION,
-        "ibdc_version": __version__,
-        "preset": model,
-        "modalities": modalities,
-        "anchor": anchor,
-        "bound": bound,
-        "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
-        "anchor_map": how,
-        "centers": sorted(encoder.centers),
-        "whiteners": sorted(encoder.whiteners),
-        "anchor_mean_cosine": anisotropy,
-        "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
-        "settings": {**settings, "workers": workers, "device": str(torch_device)},
-        "rows": {"train": len(train_rows), "held_out": len(val_rows)},
-        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
-        "val_manifest": None
-        if val_manifest is None
-        else {"path": str(held_out.path.resolve()), "sha256": held_out.sha256, "rows": len(held_out.rows)},
-        "class_names": manifest.class_names,
-        "preprocessing": {m: PREPROCESSING[m] for m in modalities},
-        "metrics": {"before": trained["before"], "after": after},
-        "loss_history": trained["history"],
-        "wall_time_s": round(trained["earlier_seconds"] + time.time() - started, 1),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_checkpoint(out, encoder, metadata)
-    shutil.rmtree(work, ignore_errors=True)
-    encoder.checkpoint = file_sha256(out)
-    return BindResult(out=out, encoder=encoder, metadata=metadata)
+        metadata = {
+            "format": BOUND_FORMAT,
+            "format_version": BOUND_VERSION,
+            "ibdc_version": __version__,
+            "preset": model,
+            "modalities": modalities,
+            "anchor": anchor,
+            "bound": bound,
+            "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
+            "anchor_map": how,
+            "centers": sorted(encoder.centers),
+            "whiteners": sorted(encoder.whiteners),
+            "anchor_mean_cosine": anisotropy,
+            "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
+            "settings": {**settings, "workers": workers, "device": str(torch_device)},
+            "rows": {"train": len(train_rows), "held_out": len(val_rows)},
+            "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+            "val_manifest": None
+            if val_manifest is None
+            else {"path": str(held_out.path.resolve()), "sha256": held_out.sha256, "rows": len(held_out.rows)},
+            "class_names": manifest.class_names,
+            "preprocessing": {m: PREPROCESSING[m] for m in modalities},
+            "metrics": {"before": trained["before"], "after": after},
+            "loss_history": trained["history"],
+            "held_out_history": trained["val_history"],
+            "wall_time_s": round(trained["earlier_seconds"] + time.time() - started, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_checkpoint(out, encoder, metadata)
+        shutil.rmtree(work, ignore_errors=True)
+        encoder.checkpoint = file_sha256(out)
+        return BindResult(out=out, encoder=encoder, metadata=metadata)
 
 
 def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: bool, settings: dict) -> None:
@@ -267,6 +281,8 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError(f"--anchor {anchor} is not among --modalities {','.join(modalities)}")
     if out.suffix != ".safetensors":
         raise IbdcError(f"--out {out}: a bound encoder is written as a .safetensors file")
+    if out.is_dir():
+        raise IbdcError(f"--out {out} is a directory; a bound encoder is one .safetensors file")
     if out.exists() and not overwrite:
         raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
     if settings["epochs"] < 1 or settings["batch_size"] < 2:
@@ -275,6 +291,8 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError("--lr and --temperature must be positive")
     if settings["weight_decay"] < 0 or settings["warmup_epochs"] < 0:
         raise IbdcError("--weight-decay and --warmup-epochs must not be negative")
+    if settings["targets"] not in TARGETS:
+        raise IbdcError(f"--targets {settings['targets']}: choose one of {', '.join(TARGETS)}")
     if settings["anchor_map"] not in SPACE_MAPS:
         raise IbdcError(f"--anchor-map {settings['anchor_map']}: choose one of {', '.join(SPACE_MAPS)}")
     if not 0 <= settings["val_fraction"] < 1:
@@ -482,6 +500,28 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float, labels: torch
     return (x_to_y.mean() + y_to_x.mean()) / 2
 
 
+def class_means(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Unit-length class means `[C, D]` of unit vectors `embeddings` `[N, D]` with `labels` `[N]` in 0..C-1
+    (a class without rows gets a zero row, which no bound row is ever pulled towards)."""
+    one_hot = F.one_hot(labels, classes).float()  # [N, C]
+    return F.normalize(one_hot.T @ embeddings, dim=-1)
+
+
+def class_mean_nce(z: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of unit vectors `z` `[B, D]` against the anchor's class means `targets` `[C, D]`: the positive
+    of row i is its class's mean, the negatives the other classes' means (`--targets class-means`).
+
+    It is cross-entropy over C classes with the classifier's weights fixed to the anchor's class means,
+    so every step sees every class, whatever the batch holds.
+    """
+    return F.cross_entropy(z @ targets.T / temperature, labels)
+
+
+# What a bound row is pulled towards (`--targets`): the anchor embeddings of the batch's rows (CLIP,
+# ImageBind), or the anchor's class means over all training rows.
+TARGETS = ("rows", "class-means")
+
+
 # Audio augmentation (`--augment`), on the normalised log-mel inputs `[B, S, 1, 128, 204]` (frames 10 ms):
 # what differs between speakers and recordings more than between takes of one speaker. Chosen on
 # fsdd-mnist's val speaker (docs/bind.md): this mild set bound; adding a spectral tilt, noise and
@@ -516,9 +556,12 @@ def bind_loss(
     rows: torch.Tensor,
     temperature: float,
     augment: bool = False,
+    class_targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`.
-    With `augment`, the inputs of modalities in `AUGMENTATIONS` (audio) are randomly varied first."""
+    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`:
+    against the batch's anchor embeddings, or with `class_targets` `[C, D]` against the anchor's class
+    means (`labels` then required). With `augment`, the inputs of modalities in `AUGMENTATIONS` (audio) are
+    randomly varied first."""
     device = encoder.device
     total = torch.zeros((), device=device)
     for m in bound:
@@ -529,6 +572,9 @@ def bind_loss(
         if augment and m in AUGMENTATIONS:
             x = AUGMENTATIONS[m](x)
         z = encoder.embed(m, x)
+        if class_targets is not None:
+            total = total + class_mean_nce(z, class_targets.to(device), labels[present].to(device), temperature)
+            continue
         a = anchor_embeddings[present].to(device)
         total = total + info_nce(z, a, temperature, None if labels is None else labels[present].to(device))
     return total
@@ -540,6 +586,7 @@ def train_towers(
     data: dict[str, Any],
     anchor_embeddings: torch.Tensor,
     labels: torch.Tensor | None,
+    class_targets: torch.Tensor | None,
     train_rows: list[int],
     settings: dict[str, Any],
     work: Path,
@@ -571,9 +618,11 @@ def train_towers(
         torch.manual_seed(settings["seed"])
         state_file = work / "state.safetensors"
         if resuming:
-            start, history, before, earlier = load_state(state_file, params, optimizer, order, shuffle, device)
+            start, history, val_history, before, earlier = load_state(
+                state_file, params, optimizer, order, shuffle, device
+            )
         else:
-            start, history, before, earlier = 0, [], evaluate(), 0.0
+            start, history, val_history, before, earlier = 0, [], [], evaluate(), 0.0
         todo = (settings["epochs"] - start) * steps_per_epoch
         with progress_bar(f"bind {','.join(bound)}", todo, fields="loss {task.fields[loss]}") as advance:
             for epoch in range(start, settings["epochs"]):
@@ -594,6 +643,7 @@ def train_towers(
                         batch,
                         settings["temperature"],
                         settings["augment"],
+                        class_targets,
                     )
                     optimizer.zero_grad(set_to_none=True)
                     if loss.requires_grad:
@@ -602,19 +652,53 @@ def train_towers(
                     losses.append(float(loss.detach()))
                     advance(1, loss=f"{losses[-1]:.4f}")
                 history.append(round(sum(losses) / len(losses), 6))
-                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}")
+                val_history.append(epoch_metrics(evaluate()))
+                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}; {describe(val_history[-1])}")
                 elapsed = earlier + time.time() - started
-                save_state(state_file, params, optimizer, order, shuffle, epoch + 1, history, before, elapsed, device)
+                save_state(
+                    state_file,
+                    params,
+                    optimizer,
+                    order,
+                    shuffle,
+                    epoch + 1,
+                    history,
+                    val_history,
+                    before,
+                    elapsed,
+                    device,
+                )
         model.eval()
         model.requires_grad_(False)
-    return {"before": before, "history": history, "earlier_seconds": earlier}
+    return {"before": before, "history": history, "val_history": val_history, "earlier_seconds": earlier}
+
+
+def describe(metrics: dict[str, dict[str, float]]) -> str:
+    """One line of `epoch_metrics`, e.g. "held-out audio: same-label R@1 52.8 %, class-mean cosine 0.369"."""
+    parts = []
+    for m, values in metrics.items():
+        if "label_r1_to_anchor" in values:
+            parts.append(
+                f"held-out {m}: same-label R@1 {100 * values['label_r1_to_anchor']:.1f} %, "
+                f"class-mean cosine {values['cos_class_means']:.3f}"
+            )
+        elif "r1_to_anchor" in values:
+            parts.append(f"held-out {m}: R@1 {100 * values['r1_to_anchor']:.1f} %")
+    return "; ".join(parts) or "no held-out rows"
+
+
+def epoch_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The held-out metrics kept for every epoch: retrieval both ways (same-label when labelled) and the
+    class-mean cosine, per bound modality."""
+    keep = ("label_r1_to_anchor", "label_r1_from_anchor", "cos_class_means", "r1_to_anchor")
+    return {m: {k: v for k, v in values.items() if k in keep} for m, values in metrics.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
 # the per-epoch state in .OUT.partial/: safetensors only (trainable parameters, AdamW state, RNG states)
 
 
-def save_state(path, params, optimizer, order, shuffle, epoch, history, before, seconds, device) -> None:
+def save_state(path, params, optimizer, order, shuffle, epoch, history, val_history, before, seconds, device) -> None:
     tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
     for i, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
@@ -626,13 +710,14 @@ def save_state(path, params, optimizer, order, shuffle, epoch, history, before, 
     metadata = {
         "epoch": str(epoch),
         "history": json.dumps(history),
+        "val_history": json.dumps(val_history),
         "before": json.dumps(before),
         "seconds": str(seconds),
     }
     atomic_save_tensors(path, tensors, metadata=metadata)
 
 
-def load_state(path, params, optimizer, order, shuffle, device) -> tuple[int, list[float], dict, float]:
+def load_state(path, params, optimizer, order, shuffle, device) -> tuple[int, list[float], list[dict], dict, float]:
     tensors, metadata = read_tensors(path, "bind checkpoint")
     with torch.no_grad():
         for n, p in params.items():
@@ -649,7 +734,8 @@ def load_state(path, params, optimizer, order, shuffle, device) -> tuple[int, li
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     epoch = int(metadata["epoch"])
-    return epoch, json.loads(metadata["history"]), json.loads(metadata["before"]), float(metadata["seconds"])
+    history, val_history = json.loads(metadata["history"]), json.loads(metadata["val_history"])
+    return epoch, history, val_history, json.loads(metadata["before"]), float(metadata["seconds"])
 
 
 # ----------------------------------------------------------------------------------------------------

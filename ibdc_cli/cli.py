@@ -461,6 +461,14 @@ def bind(
         bool,
         typer.Option("--label-positives", help="Count rows of the same label as positives, not only the same row."),
     ] = False,
+    targets: Annotated[
+        str,
+        typer.Option(
+            "--targets",
+            help="What a bound row is pulled towards: rows (the batch's anchor embeddings, as CLIP and ImageBind "
+            "train) or class-means (the anchor's class means over the training rows; needs labels).",
+        ),
+    ] = "rows",
     anchor_map: Annotated[
         str,
         typer.Option(
@@ -518,6 +526,7 @@ def bind(
         warmup_epochs=warmup_epochs,
         temperature=temperature,
         label_positives=label_positives,
+        targets=targets,
         anchor_map=anchor_map,
         augment=augment,
         val_manifest=val_manifest,

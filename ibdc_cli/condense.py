@@ -15,7 +15,9 @@ Reads top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import resource
 import shutil
 import sys
@@ -32,12 +34,14 @@ from ibdc_cli import losses
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
-from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.runtime import log, process_state, progress_bar, raise_everywhere, resolve_device
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
+    drop_damaged,
     open_store,
+    output_lock,
     prepare_partial_dir,
     read_tensors,
     save_synthetic_set,
@@ -122,8 +126,21 @@ class CondenseConfig:
                 raise IbdcError(f"--{option} must be at least 1, not {value}")
         if self.iterations < 0 or self.real_batch < 0 or self.freq_bank < 0 or self.checkpoint_every < 0:
             raise IbdcError("--iterations, --real-batch, --freq-bank and --checkpoint-every must not be negative")
+        weights = {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "lambda-uni": self.lambda_uni,
+            "lambda-cross": self.lambda_cross,
+            "lambda-joint": self.lambda_joint,
+        }
+        for option, value in {"sigma": self.sigma, "lr": self.learning_rate(), **weights}.items():
+            if not math.isfinite(value):
+                raise IbdcError(f"--{option} must be a finite number, not {value}")
         if self.sigma <= 0 or self.learning_rate() <= 0:
             raise IbdcError("--sigma and --lr must be positive")
+        for option, value in weights.items():
+            if value < 0:
+                raise IbdcError(f"--{option} must not be negative, not {value}")
         if self.guide == "convnet":
             if self.space != "input":
                 raise IbdcError("--guide convnet optimises model inputs: use it with --space input")
@@ -210,6 +227,8 @@ def condense(
         config = replace(config, freq_bank=0)
     torch_device = resolve_device(state, device)
     store = open_store(store_path)
+    if out.is_dir():
+        raise IbdcError(f"--out {out} is a directory; a synthetic set is one .safetensors file")
     if out.exists() and not overwrite:
         raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
     if out.suffix != ".safetensors":
@@ -234,69 +253,85 @@ def condense(
     use_imagebind = config.space == "input" and config.guide == "imagebind"
     encoder = _input_space_encoder(store, config, torch_device) if use_imagebind else None
 
-    job = {"store": store.fingerprint(), "config": asdict(config)}
-    work = partial_dir(out)
-    if state.is_main_process:
-        prepare_partial_dir(work, job, resume)
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as stack:
+        job = {"store": store.fingerprint(), "config": asdict(config)}
+        work = partial_dir(out)
+        error = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
+                prepare_partial_dir(work, job, resume)
+            except IbdcError as exc:
+                error = exc
+        raise_everywhere(state, error)
 
-    space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
-    classes = [c for c in range(len(class_names)) if per_class[c].numel()]
-    mine = [c for c in classes if c % state.num_processes == state.process_index]
-    todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
-    if len(todo) < len(mine):
-        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
-    bank = _frequency_bank(data, per_class, todo, config, torch_device) if config.freq_bank else None
-    steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
-    try:
-        with progress_bar(
-            f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
-        ) as advance:
-            for c in todo:
-                real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
-                rows = data["row"][per_class[c]]
-                if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
-                    # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
-                    target = {
-                        m: v.to(torch_device) for m, v in _real_inputs(store, config, rows, config.modalities).items()
-                    }
-                else:
-                    target = real
-                tensors, history = _condense_class(
-                    c,
-                    real,
-                    target,
-                    rows,
-                    dpc_of[c],
-                    config,
-                    store,
-                    encoder,
-                    space_maps,
-                    bank,
-                    work,
-                    torch_device,
-                    advance,
-                )
-                tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
-                atomic_save_tensors(
-                    work / f"class-{c:05d}.safetensors",
-                    {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                    metadata={"history": json.dumps(history)},
-                )
-                (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
-    except IbdcError:
-        if state.num_processes == 1:  # bad input found mid-run: leave nothing half-written
+        space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
+        classes = [c for c in range(len(class_names)) if per_class[c].numel()]
+        mine = [c for c in classes if c % state.num_processes == state.process_index]
+        if resume:
+            drop_damaged([work / f"{kind}-{c:05d}.safetensors" for c in mine for kind in ("class", "state")], log)
+        todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
+        if len(todo) < len(mine):
+            log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
+        bank = _frequency_bank(data, per_class, todo, config, torch_device) if config.freq_bank else None
+        steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
+        try:
+            with progress_bar(
+                f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
+            ) as advance:
+                for c in todo:
+                    real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
+                    rows = data["row"][per_class[c]]
+                    if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
+                        # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
+                        target = {
+                            m: v.to(torch_device)
+                            for m, v in _real_inputs(store, config, rows, config.modalities).items()
+                        }
+                    else:
+                        target = real
+                    tensors, history = _condense_class(
+                        c,
+                        real,
+                        target,
+                        rows,
+                        dpc_of[c],
+                        config,
+                        store,
+                        encoder,
+                        space_maps,
+                        bank,
+                        work,
+                        torch_device,
+                        advance,
+                    )
+                    tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
+                    if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+                        raise IbdcError(
+                            f"condensing class {class_names[c]!r} diverged: the synthetic rows hold NaN or Inf "
+                            "(lower --lr or --sigma); nothing was written"
+                        )
+                    atomic_save_tensors(
+                        work / f"class-{c:05d}.safetensors",
+                        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                        metadata={"history": json.dumps(history)},
+                    )
+                    (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
+        except IbdcError:
+            # Bad input found mid-run leaves nothing half-written, but a resumed run never deletes the
+            # finished work it was asked to continue.
+            if state.num_processes == 1 and not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        state.wait_for_everyone()
+        result = None
+        if state.is_main_process:
+            result = _write_synthetic_set(
+                out, work, classes, store, config, encoder, space_maps, started, class_names=class_names, pseudo=pseudo
+            )
             shutil.rmtree(work, ignore_errors=True)
-        raise
-    state.wait_for_everyone()
-    result = None
-    if state.is_main_process:
-        result = _write_synthetic_set(
-            out, work, classes, store, config, encoder, space_maps, started, class_names=class_names, pseudo=pseudo
-        )
-        shutil.rmtree(work, ignore_errors=True)
-    state.wait_for_everyone()
-    return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
+        state.wait_for_everyone()
+        return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
 
 
 def _rows_per_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:

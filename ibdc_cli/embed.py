@@ -12,7 +12,9 @@ Reads top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,14 +28,16 @@ from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import autocast, log, process_state, progress_bar, resolve_device
+from ibdc_cli.runtime import autocast, log, process_state, progress_bar, raise_everywhere, resolve_device
 from ibdc_cli.store import (
     INDEX_FILE,
     STORE_FORMAT,
     STORE_VERSION,
     atomic_save_tensors,
     atomic_write_json,
+    drop_damaged,
     file_sha256,
+    output_lock,
     prepare_partial_dir,
     read_tensors,
 )
@@ -134,6 +138,10 @@ def embed_manifest(
         raise IbdcError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if batch_size < 1 or chunk_rows < 1:
         raise IbdcError("--batch-size must be at least 1")
+    if workers < 0:
+        raise IbdcError(f"--workers must not be negative, not {workers} (0 decodes in the main process)")
+    if out.is_file():
+        raise IbdcError(f"--out {out} is a file; an embedding store is a directory: choose another --out")
     state = process_state(device)
     manifest = read_manifest(manifest_path, modalities, require_label=False)
     if (out / INDEX_FILE).exists() and not overwrite:
@@ -147,52 +155,60 @@ def embed_manifest(
     encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
     torch_device = resolve_device(state, device)
     encoder.to(torch_device)
-    job = {
-        "manifest_sha256": manifest.sha256,
-        "modalities": modalities,
-        "encoder": encoder.describe(),
-        "preprocessing": {m: PREPROCESSING[m] for m in modalities},
-        "precision": precision,
-        "batch_size": batch_size,
-        "chunk_rows": chunk_rows,
-        "rows": rows,
-    }
-    work = partial_dir(out)
-    if state.is_main_process:
-        prepare_partial_dir(work, job, resume)
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as stack:
+        job = {
+            "manifest_sha256": manifest.sha256,
+            "modalities": modalities,
+            "encoder": encoder.describe(),
+            "preprocessing": {m: PREPROCESSING[m] for m in modalities},
+            "precision": precision,
+            "batch_size": batch_size,
+            "chunk_rows": chunk_rows,
+            "rows": rows,
+        }
+        work = partial_dir(out)
+        error = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
+                prepare_partial_dir(work, job, resume)
+            except IbdcError as exc:
+                error = exc
+        raise_everywhere(state, error)
 
-    chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
-    mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]
-    todo = [k for k in mine if not (work / f"part-{k:06d}.safetensors").exists()]
-    if len(todo) < len(mine):
-        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already embedded", state)
-    try:
-        with progress_bar(f"embed {','.join(modalities)}", sum(len(chunks[k]) for k in todo), state) as advance:
-            for k in todo:
-                _embed_chunk(
-                    encoder,
-                    manifest,
-                    chunks[k],
-                    modalities,
-                    work / f"part-{k:06d}.safetensors",
-                    batch_size=batch_size,
-                    workers=workers,
-                    precision=precision,
-                    skip_bad=skip_bad,
-                    device=torch_device,
-                    advance=advance,
-                )
-    except IbdcError:
-        if state.num_processes == 1:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    state.wait_for_everyone()
-    stored = 0
-    if state.is_main_process:
-        stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
-    state.wait_for_everyone()
-    return EmbedResult(store=out, rows=stored, skipped=skipped, seconds=time.time() - started)
+        chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
+        mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]
+        if resume:
+            drop_damaged([work / f"part-{k:06d}.safetensors" for k in mine], log)
+        todo = [k for k in mine if not (work / f"part-{k:06d}.safetensors").exists()]
+        if len(todo) < len(mine):
+            log(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already embedded", state)
+        try:
+            with progress_bar(f"embed {','.join(modalities)}", sum(len(chunks[k]) for k in todo), state) as advance:
+                for k in todo:
+                    _embed_chunk(
+                        encoder,
+                        manifest,
+                        chunks[k],
+                        modalities,
+                        work / f"part-{k:06d}.safetensors",
+                        batch_size=batch_size,
+                        workers=workers,
+                        precision=precision,
+                        skip_bad=skip_bad,
+                        device=torch_device,
+                        advance=advance,
+                    )
+        except IbdcError:
+            if state.num_processes == 1 and not resume:  # a resumed run keeps the finished parts
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        state.wait_for_everyone()
+        stored = 0
+        if state.is_main_process:
+            stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
+        state.wait_for_everyone()
+        return EmbedResult(store=out, rows=stored, skipped=skipped, seconds=time.time() - started)
 
 
 def _embed_chunk(
@@ -226,6 +242,25 @@ def _embed_chunk(
     labels = [manifest.labels[r] for r in kept]
     tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
     atomic_save_tensors(part, tensors, metadata={"skipped": json.dumps(bad)})
+
+
+def replace_directory(new: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished store `new` to `out`. An old store there is renamed aside first and deleted only
+    once the new one is in place, so at every moment `out` is the old store, the new one, or (between
+    two renames) absent, never a half-deleted mix; a failed rename puts the old store back."""
+    if not out.exists():
+        new.rename(out)
+        return
+    if not overwrite and any(out.iterdir()):
+        raise IbdcError(f"{out} appeared while embedding; not overwriting it")
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    try:
+        new.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shard_rows) -> tuple[int, list[dict]]:
@@ -267,10 +302,6 @@ def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shar
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(final / INDEX_FILE, index)
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise IbdcError(f"{out} appeared while embedding; not overwriting it")
-        shutil.rmtree(out)
-    final.rename(out)
+    replace_directory(final, out, overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return total, index["skipped"]

@@ -229,6 +229,11 @@ def whole_data_fields(synthetic_mean: float, whole_runs: list[float]) -> dict[st
 
 def set_class_ids(store: Store, class_names: list[str], labels: torch.Tensor) -> torch.Tensor:
     """A store's `labels` as the synthetic set's class ids, matched by class name."""
+    if not store.index.get("labeled", bool(store.class_names)):
+        raise IbdcError(
+            f"store {store.path} has no labels, and the set's accuracy needs them (for paired data without "
+            "labels use --protocol retrieval)"
+        )
     unknown = [n for n in store.class_names if n not in class_names]
     if unknown:
         raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
@@ -294,6 +299,7 @@ def evaluate(
     for path, tensors, set_meta in sets:
         _check_compatible(set_meta, test, modalities, path)
         features = _synthetic_features(tensors, set_meta, modalities, path, checkpoint)
+        _check_set_shapes(path, features, tensors["labels"], len(class_names), test)
         test_data, test_labels = _store_features(test, modalities, class_names, space_maps_of_set(tensors, modalities))
         syn_labels = tensors["labels"].long()
         for seed in range(seeds):
@@ -413,6 +419,20 @@ def _check_compatible(meta: dict, store: Store, modalities: list[str], what) -> 
     missing = [m for m in modalities if m not in store.modalities]
     if missing:
         raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")
+
+
+def _check_set_shapes(path, features: dict[str, torch.Tensor], labels: torch.Tensor, classes: int, store) -> None:
+    """The set's embeddings are `[M, D]` with the store's D, its labels `[M]` class ids."""
+    for m, x in features.items():
+        if x.ndim != 2 or x.shape[1] != store.modalities[m]:
+            raise IbdcError(
+                f"{path}: its {m!r} rows have shape {tuple(x.shape)}, but store {store.path} has dimension "
+                f"{store.modalities[m]}"
+            )
+        if x.shape[0] != labels.shape[0]:
+            raise IbdcError(f"{path}: {x.shape[0]} {m!r} rows but {labels.shape[0]} labels")
+    if labels.ndim != 1 or labels.is_floating_point() or bool(((labels < 0) | (labels >= classes)).any()):
+        raise IbdcError(f"{path}: its labels must be class ids 0..{classes - 1} (one per row)")
 
 
 def _store_features(store: Store, modalities: list[str], class_names: list[str], space_maps: dict[str, SpaceMap]):

@@ -41,10 +41,15 @@ def process_state(device: str = "auto"):
     """Accelerate's `PartialState` for `device` ("auto", "cpu", "cuda", "cuda:1", ...)."""
     from accelerate import PartialState
 
+    from ibdc_cli.errors import IbdcError
+
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise IbdcError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from ibdc_cli.errors import IbdcError
-
         raise IbdcError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     return PartialState(cpu=cpu)
 
@@ -108,3 +113,21 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def raise_everywhere(state, error: Exception | None) -> None:
+    """Raise the main process's `error` (an IbdcError, or None) on every process of a distributed run.
+
+    Checks that only the main process makes (the output lock, the partial directory) must stop the
+    others too: left alone they would wait at the next barrier until gloo or NCCL gives up with a
+    traceback. A world of one just raises `error`.
+    """
+    from ibdc_cli.errors import IbdcError
+
+    if state is not None and state.num_processes > 1:
+        box = [None if error is None else str(error)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise IbdcError(box[0])
+    if error is not None:
+        raise error

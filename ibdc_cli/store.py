@@ -11,11 +11,15 @@ Rows are in manifest order; a store made by N processes is identical to one made
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,56 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
         raise
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file of a job writing `out`: `.NAME.lock` beside it."""
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, held: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the output `out` while a job writes it (and its `.NAME.partial`).
+
+    A second job on the same output, in this process or another, raises IbdcError naming the first
+    (its pid and command line) and touches nothing. The lock is `fcntl.flock` on `.NAME.lock`: the
+    kernel drops it when its holder ends, even by kill -9, so a crashed run never blocks the next one.
+    With `held=False` (the non-main processes of a distributed run, whose main process holds the lock)
+    nothing is locked.
+    """
+    if not held:
+        yield
+        return
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 (closed below, or when the lock is released)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise IbdcError(
+                f"{out} is being written by another ibdc run ({holder}); wait for it to finish or choose another --out"
+            ) from None
+        # The holder before us may have removed the file after we opened it: lock the file on disk.
+        try:
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiter that opened it retries on the new file
+        handle.close()
+
+
 def prepare_partial_dir(work: Path, job: dict[str, Any], resume: bool) -> None:
     """Start (or, with `resume`, continue) a resumable job in `work`, whose settings are `job`.
 
@@ -81,7 +135,13 @@ def prepare_partial_dir(work: Path, job: dict[str, Any], resume: bool) -> None:
     job = json.loads(json.dumps(job))
     job_file = work / "job.json"
     if resume and job_file.exists():
-        previous = json.loads(job_file.read_text())
+        try:
+            previous = json.loads(job_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IbdcError(
+                f"--resume: {job_file} is damaged ({exc}); the finished parts beside it are kept, but this run "
+                "cannot tell which job they belong to: rerun without --resume to start over"
+            ) from None
         if previous != job:
             flat_old, flat_new = _flatten(previous), _flatten(job)
             changed = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
@@ -117,6 +177,26 @@ def read_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise IbdcError(f"{path} is not a readable safetensors {what} (truncated or foreign?): {exc}") from None
     return tensors, metadata
+
+
+def is_readable(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and every tensor it lists can be read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key)[:1]
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def drop_damaged(paths: list[Path], log) -> None:
+    """Delete those of the finished `paths` of a resumed job that are not readable (a disk that filled up,
+    a copy cut short), saying so through `log`: the job redoes them and keeps every other finished part."""
+    for path in paths:
+        if path.exists() and not is_readable(path):
+            log(f"--resume: {path} is damaged; redoing that part (the other finished parts are kept)")
+            path.unlink()
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -164,6 +244,11 @@ class Store:
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in [*wanted, "labels", "row"]}
         for shard in self.index["shards"]:
             shard_path = self.path / shard["file"]
+            if "sha256" in shard and file_sha256(shard_path) != shard["sha256"]:
+                raise IbdcError(
+                    f"store shard {shard_path} does not match the SHA-256 that {self.path / INDEX_FILE} records: "
+                    "it was changed or swapped since `ibdc embed` wrote it; embed again"
+                )
             tensors, _ = read_tensors(shard_path, "store shard")
             for name in parts:
                 if name not in tensors:
@@ -172,13 +257,39 @@ class Store:
                     raise IbdcError(
                         f"store shard {shard_path} has {tensors[name].shape[0]} rows, index says {shard['rows']}"
                     )
-                parts[name].append(tensors[name])
+                tensor = tensors[name]
+                if name in ("labels", "row"):
+                    if tensor.is_floating_point() or tensor.is_complex() or tensor.ndim != 1:
+                        raise IbdcError(f"store shard {shard_path}: {name!r} must be 1-D integers, not {tensor.dtype}")
+                    tensor = tensor.long()
+                elif tensor.is_floating_point():
+                    tensor = tensor.float()  # a float16 or bfloat16 shard is read as float32
+                else:
+                    raise IbdcError(f"store shard {shard_path}: {name!r} holds {tensor.dtype}, not floats")
+                parts[name].append(tensor)
         data = {name: torch.cat(chunks) if chunks else torch.empty(0) for name, chunks in parts.items()}
         for modality in wanted:
             if data[modality].ndim != 2 or data[modality].shape[1] != self.modalities[modality]:
                 raise IbdcError(f"store {self.path}: {modality!r} has shape {tuple(data[modality].shape)}")
         check_finite({m: data[m] for m in wanted}, f"store {self.path}")
+        self._check_labels(data["labels"], data["row"])
         return data
+
+    def _check_labels(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """Every label is a class id of `class_names` (labelled stores) or -1 (unlabelled ones)."""
+        classes = len(self.class_names)
+        if self.index.get("labeled", bool(classes)):
+            bad = (labels < 0) | (labels >= classes)
+            allowed = f"0..{classes - 1} (its {classes} class_names)"
+        else:
+            bad = labels != -1
+            allowed = "-1 (it has no labels)"
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise IbdcError(
+                f"store {self.path}: row {int(rows[first])} has label id {int(labels[first])}; "
+                f"this store's ids are {allowed}"
+            )
 
 
 def open_store(path: str | Path) -> Store:
@@ -202,10 +313,47 @@ def open_store(path: str | Path) -> Store:
             f"store {path} has format version {index['format_version']}; this ibdc ({__version__}) reads up to "
             f"{STORE_VERSION}: upgrade ibdc"
         )
-    for shard in index.get("shards", []):
+    _check_index(index, index_path)
+    for shard in index["shards"]:
         if not (path / shard["file"]).is_file():
             raise IbdcError(f"store {path} is incomplete: shard {shard['file']} is missing")
     return Store(path=path, index=index)
+
+
+# The keys of index.json that readers rely on, and their JSON types.
+INDEX_KEYS = {
+    "num_rows": int,
+    "modalities": dict,
+    "class_names": list,
+    "encoder": dict,
+    "shards": list,
+}
+
+
+def _check_index(index: dict[str, Any], index_path: Path) -> None:
+    """Raise IbdcError naming the first key of `index` that is missing or of the wrong type."""
+
+    def bad(what: str) -> IbdcError:
+        return IbdcError(f"{index_path} is damaged: {what}; embed the store again")
+
+    for key, kind in INDEX_KEYS.items():
+        if key not in index:
+            raise bad(f"it has no {key!r}")
+        if not isinstance(index[key], kind) or (kind is int and isinstance(index[key], bool)):
+            raise bad(f"{key!r} is {type(index[key]).__name__}, not {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in index["modalities"].items()):
+        raise bad("'modalities' must map names to dimensions")
+    if not all(isinstance(n, str) for n in index["class_names"]):
+        raise bad("'class_names' must be strings")
+    for shard in index["shards"]:
+        if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and isinstance(shard.get("rows"), int)):
+            raise bad("every shard needs a 'file' name and a 'rows' count")
+        if Path(shard["file"]).name != shard["file"]:
+            raise bad(f"shard {shard['file']!r} is not a file name inside the store")
+    if sum(shard["rows"] for shard in index["shards"]) != index["num_rows"]:
+        raise bad(
+            f"its shards hold {sum(s['rows'] for s in index['shards'])} rows, 'num_rows' says {index['num_rows']}"
+        )
 
 
 def file_sha256(path: Path) -> str:

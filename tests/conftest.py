@@ -126,3 +126,17 @@ def fsdd_mnist(tmp_path_factory, fsdd_source) -> dict:
     from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
 
     return build_fsdd_mnist(tmp_path_factory.mktemp("fsdd-mnist") / "data", source=fsdd_source)
+
+
+def record_shard_hashes(store: Path) -> Path:
+    """Re-record the SHA-256 of every shard of `store` in its index.json, after a test edited a shard on
+    purpose (so that what the test changed is the only thing wrong with the store)."""
+    import json
+
+    from ibdc_cli.store import file_sha256
+
+    index = json.loads((store / "index.json").read_text())
+    for shard in index["shards"]:
+        shard["sha256"] = file_sha256(store / shard["file"])
+    (store / "index.json").write_text(json.dumps(index))
+    return store

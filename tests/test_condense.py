@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import record_shard_hashes
 
 from ibdc_cli.store import load_synthetic_set, open_store
 
@@ -329,10 +330,14 @@ def test_nan_and_corrupt_store(digits, tmp_path, cli):
     tensors = load_file(shard)
     tensors["audio"][5, 3] = float("nan")
     save_file(tensors, shard)
+    record_shard_hashes(bad)
     result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "a.safetensors", *QUICK)
     assert result.code == 2 and "NaN or Inf" in result.err and "row 5" in result.err
 
     shard.write_bytes(shard.read_bytes()[:1000])
+    result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "b.safetensors", *QUICK)
+    assert result.code == 2 and "does not match the SHA-256" in result.err
+    record_shard_hashes(bad)
     result = cli("condense", bad, "-m", "audio", "--out", tmp_path / "b.safetensors", *QUICK)
     assert result.code == 2 and "truncated or foreign" in result.err
     (bad / "index.json").write_text("{not json")

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import record_shard_hashes
 
 from ibdc_cli.evaluate import HeadSchedule, train_heads
 
@@ -85,6 +86,7 @@ def test_shuffled_test_labels_change_only_the_score(digits, syn, tmp_path, cli):
             torch.randperm(len(tensors["labels"]), generator=torch.Generator().manual_seed(0))
         ]
         save_file(tensors, shard)
+    record_shard_hashes(shuffled)
     ev.train_heads = spy
     try:
         one = ev.evaluate(syn, digits["test"], seeds=1, schedule=HeadSchedule(epochs=30))

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import record_shard_hashes
 
 from ibdc_cli.convnet_eval import ConvnetSchedule
 
@@ -46,6 +47,7 @@ def _copy_store(store, tmp_path, name, edit=None, shard_edit=None):
             tensors = load_file(shard)
             shard_edit(tensors)
             save_file(tensors, shard)
+        record_shard_hashes(copy)
     return copy
 
 

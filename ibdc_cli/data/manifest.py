@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,12 @@ def _read_records(path: Path) -> list[dict[str, str]]:
                 raise IbdcError(f"{path}: line {number} is not valid JSON: {exc.msg}") from None
             if not isinstance(record, dict):
                 raise IbdcError(f"{path}: line {number} is not a JSON object")
-            records.append({str(k): "" if v is None else str(v) for k, v in record.items()})
+            bad = next((k for k, v in record.items() if isinstance(v, (dict, list))), None)
+            if bad is not None:
+                raise IbdcError(
+                    f"{path}: line {number}: {bad!r} holds a JSON {type(record[bad]).__name__}, not a value"
+                )
+            records.append({str(k): _json_cell(v) for k, v in record.items()})
         return records
     if suffix in (".csv", ".tsv"):
         reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
@@ -92,11 +98,49 @@ def _read_records(path: Path) -> list[dict[str, str]]:
     raise IbdcError(f"unsupported manifest format {path.suffix!r} ({path}); use .csv or .jsonl")
 
 
-def _class_names(values: list[str]) -> list[str]:
-    """Label id -> name: integer labels in numeric order, names in sorted order (row order never matters)."""
+def _json_cell(value) -> str:
+    """A JSONL cell as text: null is empty, an integral number is its integer (5 and 5.0 are both "5")."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def _as_number(label: str) -> float | None:
+    try:
+        return float(label)
+    except ValueError:  # also "²" and "--5", which look numeric to str.isdigit
+        return None
+
+
+def _class_names(values: list[str], path: Path) -> list[str]:
+    """Label id -> name (SPEC §1, docs/formats.md "Labels").
+
+    A label is its cell's text, stripped. When every label is an integer, the classes are in numeric
+    order and named by the integer (2 before 10; `007` is named `7`); otherwise the names are the labels
+    as written, in text order. Row order never matters. Two spellings of one number (`1` and `01`, `5`
+    and `5.0`) would silently make two classes of one, or one of two: such a manifest is refused,
+    naming a row of each.
+    """
     unique = set(values)
-    if all(v.lstrip("-").isdigit() for v in unique):
-        return [str(v) for v in sorted(int(v) for v in unique)]
+    by_number: dict[float, str] = {}
+    for label in sorted(unique):
+        number = _as_number(label)
+        if number is None or number != number:  # not a number, or NaN (never equal to itself)
+            continue
+        if number in by_number:
+            first, second = values.index(by_number[number]), values.index(label)
+            raise IbdcError(
+                f"{path}: labels {by_number[number]!r} (row {first}) and {label!r} (row {second}) are the same "
+                "number written two ways; write every label of a class the same way"
+            )
+        by_number[number] = label
+    if all(INTEGER.fullmatch(v) for v in unique):
+        return [str(n) for n in sorted(int(v) for v in unique)]
     return sorted(unique)
 
 
@@ -138,9 +182,9 @@ def read_manifest(path: str | Path, modalities: list[str], *, require_label: boo
             if not row.get("label"):
                 raise IbdcError(f"{path}: row {index} has an empty label")
         values = [row["label"] for row in rows]
-        names = _class_names(values)
-        numeric = all(v.lstrip("-").isdigit() for v in values)
+        names = _class_names(values, path)
         lookup = {name: i for i, name in enumerate(names)}
+        numeric = all(INTEGER.fullmatch(v) for v in values)
         labels = [lookup[str(int(v)) if numeric else v] for v in values]
     else:
         names, labels = [], [-1] * len(rows)

@@ -106,20 +106,57 @@ _map_transform = transforms.Compose(
 )
 
 
+# An image whose long side exceeds this many times its short side is first cut to its central part: the
+# resize to a short side of 224 would otherwise make it huge (a 10000x1 strip: 2.2 million x 224 pixels),
+# and the center crop keeps only the middle anyway.
+MAX_ASPECT = 4
+
+
 def _open_image(path: Path) -> Image.Image:
     if not path.is_file():
         raise MediaError(f"file not found: {path}")
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's guard against images of absurd pixel counts
+        raise MediaError(f"image {path} is too large to decode safely: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"cannot decode image {path}: {exc}") from None
+    if min(image.size) == 0:
+        raise MediaError(f"image {path} has no pixels ({image.size[0]}x{image.size[1]})")
     return image
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel. 16- and 32-bit grey images (mode I;16, I, F) are scaled from their full
+    range: PIL's own convert("RGB") clips them at 255, which leaves a 16-bit image two grey levels."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        if image.mode == "F":
+            top = max(float(array.max(initial=0)), 1e-12) if array.max(initial=0) > 1 else 1.0
+        array = np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    return image.convert("RGB")
+
+
+def _central_part(image: Image.Image) -> Image.Image:
+    """`image`, or for a strip longer than MAX_ASPECT times its width, its central MAX_ASPECT:1 part."""
+    width, height = image.size
+    short = min(width, height)
+    if max(width, height) <= MAX_ASPECT * short:
+        return image
+    keep = MAX_ASPECT * short
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
+
+
 def load_image(path: str | Path) -> torch.Tensor:
-    """`[3, 224, 224]` float: any PIL-readable image (grayscale, RGBA, non-square) as ImageBind sees it."""
-    return _image_transform(_open_image(Path(path)).convert("RGB"))
+    """`[3, 224, 224]` float: any PIL-readable image (grayscale, 16-bit, RGBA, non-square) as ImageBind sees it."""
+    return _image_transform(_central_part(_to_rgb(_open_image(Path(path)))))
 
 
 def load_map(path: str | Path) -> torch.Tensor:
@@ -156,10 +193,44 @@ def decode_audio(path: str | Path) -> tuple[torch.Tensor, int]:
         raise MediaError(f"cannot decode audio {path}: {exc}") from None
     if data.size == 0:
         raise MediaError(f"audio file has no samples: {path}")
+    declared = declared_wav_frames(path)
+    if declared is not None and declared > len(data):
+        raise MediaError(
+            f"audio file is truncated: {path} holds {len(data)} of the {declared} frames its header declares"
+        )
     waveform = torch.from_numpy(data).mean(dim=1)
     if not torch.isfinite(waveform).all():
         raise MediaError(f"audio contains NaN or Inf: {path}")
     return waveform, int(sample_rate)
+
+
+def declared_wav_frames(path: Path) -> int | None:
+    """The frame count a WAV file's header declares (its data chunk's size / block align), or None when
+    the file is not a RIFF WAV or the size is a streaming writer's placeholder (0 or 0xFFFFFFFF).
+
+    libsndfile reads a truncated WAV without complaint (it trusts the file's length over its header);
+    comparing the two is how `decode_audio` notices a copy cut short.
+    """
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(12)[:4] != b"RIFF":
+                return None
+            block_align = None
+            while len(header := handle.read(8)) == 8:
+                chunk, size = header[:4], int.from_bytes(header[4:], "little")
+                if chunk == b"fmt ":
+                    fmt = handle.read(size)
+                    block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+                    handle.seek(size % 2, 1)
+                elif chunk == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    handle.seek(size + size % 2, 1)
+    except OSError:
+        return None
+    return None
 
 
 def clip_bounds(duration: float) -> list[tuple[float, float]]:

@@ -246,7 +246,10 @@ def load_encoder(
         state, metadata = read_checkpoint(path)
         recorded = metadata.get("ibdc")
         if recorded:
-            recorded_preset = json.loads(recorded).get("preset")
+            try:
+                recorded_preset = json.loads(recorded).get("preset")
+            except (json.JSONDecodeError, AttributeError):
+                raise IbdcError(f"checkpoint {path}: its 'ibdc' metadata is not ibdc's JSON (damaged?)") from None
             if recorded_preset != preset:
                 raise IbdcError(
                     f"checkpoint {path} was made for preset {recorded_preset!r}, not {preset!r} (use --model)"

@@ -6,6 +6,7 @@ failure, 130 interrupted (the job can be resumed with --resume).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -548,6 +549,7 @@ def bind(
             "val_manifest",
             "metrics",
             "loss_history",
+            "held_out_history",
             "wall_time_s",
             "settings",
         )
@@ -769,6 +771,10 @@ def _reorder_global_flags(args: list[str]) -> list[str]:
     return flags + [a for a in args if a not in GLOBAL_FLAGS]
 
 
+# Errors of the place the user asked ibdc to write (a read-only folder, a full disk): exit 2, one line.
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps errors to exit codes."""
     global _debug
@@ -781,6 +787,14 @@ def main(args: list[str] | None = None) -> None:
         if _debug:
             traceback.print_exc()
         stderr.print(f"ibdc: error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        if _debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        stderr.print(f"ibdc: error: {where}{exc.strerror}", markup=False, soft_wrap=True)
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == 130:

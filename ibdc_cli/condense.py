@@ -34,7 +34,7 @@ from ibdc_cli import losses
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
-from ibdc_cli.runtime import log, process_state, progress_bar, raise_everywhere, resolve_device
+from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device, shared_error
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
@@ -263,7 +263,9 @@ def condense(
                 prepare_partial_dir(work, job, resume)
             except IbdcError as exc:
                 error = exc
-        raise_everywhere(state, error)
+        error = shared_error(state, error)
+        if error is not None:
+            raise error
 
         space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
         classes = [c for c in range(len(class_names)) if per_class[c].numel()]
@@ -317,13 +319,15 @@ def condense(
                         metadata={"history": json.dumps(history)},
                     )
                     (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
-        except IbdcError:
+        except IbdcError as exc:
+            error = exc
+        error = shared_error(state, error)  # bad input in any process stops every process
+        if error is not None:
             # Bad input found mid-run leaves nothing half-written, but a resumed run never deletes the
             # finished work it was asked to continue.
-            if state.num_processes == 1 and not resume:
+            if state.is_main_process and not resume:
                 shutil.rmtree(work, ignore_errors=True)
-            raise
-        state.wait_for_everyone()
+            raise error
         result = None
         if state.is_main_process:
             result = _write_synthetic_set(

@@ -28,7 +28,7 @@ from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import autocast, log, process_state, progress_bar, raise_everywhere, resolve_device
+from ibdc_cli.runtime import autocast, log, process_state, progress_bar, resolve_device, shared_error
 from ibdc_cli.store import (
     INDEX_FILE,
     STORE_FORMAT,
@@ -174,7 +174,9 @@ def embed_manifest(
                 prepare_partial_dir(work, job, resume)
             except IbdcError as exc:
                 error = exc
-        raise_everywhere(state, error)
+        error = shared_error(state, error)
+        if error is not None:
+            raise error
 
         chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
         mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]
@@ -199,11 +201,13 @@ def embed_manifest(
                         device=torch_device,
                         advance=advance,
                     )
-        except IbdcError:
-            if state.num_processes == 1 and not resume:  # a resumed run keeps the finished parts
+        except IbdcError as exc:
+            error = exc
+        error = shared_error(state, error)  # a bad row in any process stops every process
+        if error is not None:
+            if state.is_main_process and not resume:  # a resumed run keeps the finished parts
                 shutil.rmtree(work, ignore_errors=True)
-            raise
-        state.wait_for_everyone()
+            raise error
         stored = 0
         if state.is_main_process:
             stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)

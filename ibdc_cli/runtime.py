@@ -115,19 +115,21 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def raise_everywhere(state, error: Exception | None) -> None:
-    """Raise the main process's `error` (an IbdcError, or None) on every process of a distributed run.
+def shared_error(state, error: Exception | None) -> Exception | None:
+    """The first error of any process (lowest process index), the same on every process; None when none
+    failed. `error` is this process's IbdcError or None. It is also a barrier.
 
-    Checks that only the main process makes (the output lock, the partial directory) must stop the
-    others too: left alone they would wait at the next barrier until gloo or NCCL gives up with a
-    traceback. A world of one just raises `error`.
+    One process that meets bad input (a row in its share of the data, the output lock on the main process)
+    must stop the others too: left alone they would wait at the next barrier until gloo or NCCL gives up
+    with a traceback. In a world of one it returns `error`.
     """
     from ibdc_cli.errors import IbdcError
 
-    if state is not None and state.num_processes > 1:
-        box = [None if error is None else str(error)]
-        torch.distributed.broadcast_object_list(box, src=0)
-        if error is None and box[0] is not None:
-            raise IbdcError(box[0])
-    if error is not None:
-        raise error
+    if state is None or state.num_processes == 1:
+        return error
+    messages: list[str | None] = [None] * state.num_processes
+    torch.distributed.all_gather_object(messages, None if error is None else str(error))
+    first = next((m for m in messages if m is not None), None)
+    if first is None:
+        return None
+    return error if error is not None and str(error) == first else IbdcError(first)

@@ -409,3 +409,41 @@ def test_decompression_bomb_and_long_strip(tmp_path, cli, monkeypatch):
     assert result.code == 2 and "row 1" in result.err and "too large to decode safely" in result.err, result
     skipped = cli("embed", manifest, "-m", "image", "--workers", "0", "--out", tmp_path / "s", "--skip-bad")
     assert skipped.code == 0, skipped
+
+
+def test_bad_row_in_one_rank_stops_both_with_one_line(tmp_path):
+    """torchrun, 2 processes: row 3 is in rank 1's chunk. Both ranks end with ibdc's one-line error (no
+    gloo traceback in either), and, as with one process, nothing is left behind."""
+    from conftest import write_image, write_manifest
+
+    rows = [{"image": write_image(tmp_path / f"i{k}.png", seed=k).name, "label": "ab"[k % 2]} for k in range(6)]
+    (tmp_path / "i3.png").write_bytes(b"not a png")
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ibdc_cli", "embed"]
+    args = [str(manifest), "-m", "image", "--workers", "0", "--chunk-rows", "2", "--out", str(tmp_path / "store")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ibdc: error:")]
+    assert len(lines) == 2 and all("row 3" in line for line in lines), result.stderr
+    assert "gloo" not in result.stderr.lower() and "ibdc_cli/" not in result.stderr, result.stderr
+    assert not (tmp_path / "store").exists()
+    assert not list(tmp_path.glob(".store.*")), list(tmp_path.glob(".store.*"))
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, cli, monkeypatch):
+    """A read-only folder (simulated: this suite may run as root, whom permissions do not stop)."""
+    import errno
+
+    import ibdc_cli.store as store_module
+
+    def refuse(path, mode="r", *args, **kwargs):
+        if "r" in mode:
+            return open(path, mode, *args, **kwargs)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    args, _ = _condense(tmp_path)
+    monkeypatch.setattr(store_module, "open", refuse, raising=False)  # the lock file is the first write
+    result = cli(*args)
+    assert result.code == 2 and ".s.safetensors.lock: Permission denied" in result.err, result
+    assert "Traceback" not in result.err and not (tmp_path / "s.safetensors").exists()

@@ -44,7 +44,7 @@ from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PREFIX, Encoder, load_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device
+from ibdc_cli.runtime import announce, encoder_words, log, process_state, progress_bar, resolve_device
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import atomic_save_tensors, file_sha256, output_lock, prepare_partial_dir, read_tensors
 
@@ -158,6 +158,15 @@ def bind_encoder(
             return BindResult(out=out, encoder=None)
     torch_device = resolve_device(state, device)
     encoder.to(torch_device)
+    announce(
+        "bind",
+        state,
+        device=torch_device,
+        encoder=encoder_words(encoder.describe()),
+        precision="fp32",
+        bound=f"{','.join(bound)} to {anchor}",
+        out=out,
+    )
 
     with output_lock(out):  # a second bind to this --out exits 2 here, touching nothing
         job = {

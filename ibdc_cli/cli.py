@@ -169,7 +169,10 @@ def condense(
     ctx: typer.Context,
     store: Annotated[
         Path | None,
-        typer.Argument(help="Embedding store (from `ibdc embed`); default $IBDC_STORE, else the built-in demo store."),
+        typer.Argument(
+            help="Embedding store (from `ibdc embed`); default $IBDC_STORE, else the built-in demo store "
+            "(av-digits, built and embedded on first use: a few minutes, needs espeak-ng)."
+        ),
     ] = None,
     preset: Annotated[
         str | None,
@@ -362,7 +365,10 @@ def evaluate(
             show_default=False,
         ),
     ],
-    test: Annotated[Path | None, typer.Option("--test", help="Real test store; default: the demo test store.")] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option("--test", help="Real test store; default: the built-in demo test store (built on first use)."),
+    ] = None,
     protocol: Annotated[
         str,
         typer.Option(
@@ -670,6 +676,22 @@ def demo(
         _print_json(result)
     else:
         print_demo(result)
+
+
+@app.command("env")
+def env(as_json: JsonOpt = False) -> None:
+    """Print what this installation runs on: versions, devices, threads, world size (for bug reports).
+
+    Example: ibdc env
+    """
+    from ibdc_cli.runtime import environment
+
+    facts = environment()
+    if as_json:
+        _print_json(facts)
+        return
+    for key, value in facts.items():
+        print(f"{key + ':':<22}{value}")
 
 
 OverwriteBuildOpt = Annotated[

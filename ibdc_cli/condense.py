@@ -34,7 +34,7 @@ from ibdc_cli import losses
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
-from ibdc_cli.runtime import log, process_state, progress_bar, resolve_device, shared_error
+from ibdc_cli.runtime import announce, encoder_words, log, process_state, progress_bar, resolve_device, shared_error
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
@@ -233,6 +233,16 @@ def condense(
         raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
     if out.suffix != ".safetensors":
         raise IbdcError(f"--out {out}: a synthetic set is written as a .safetensors file")
+    announce(
+        "condense",
+        state,
+        device=torch_device,
+        encoder=encoder_words(store.encoder),
+        precision="fp32",
+        method=config.method,
+        store=store.path,
+        out=out,
+    )
     missing = [m for m in config.modalities if m not in store.modalities]
     if missing:
         raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")

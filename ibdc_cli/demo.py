@@ -58,9 +58,17 @@ def default_store(split: str = "train") -> Path:
         path = Path(os.environ[STORE_ENV])
         log(f"using store {path} (from ${STORE_ENV})")
         return path
-    path = ensure_demo_stores()[split]
-    log(f"using the built-in demo store {path} (av-digits, {DEMO_MODEL}); name a store or set ${STORE_ENV}")
-    return path
+    root = cache_dir() / "demo"
+    path = root / "stores" / f"av-digits-{split}"
+    why = f"no store named and ${STORE_ENV} unset" if split == "train" else "no --test store named"
+    if (path / INDEX_FILE).exists():
+        log(f"using the built-in demo store {path} (av-digits, {DEMO_MODEL}): {why}")
+        return path
+    log(
+        f"{why}: building the built-in demo store (av-digits: espeak-ng speech and scikit-learn digits, embedded "
+        f"with {DEMO_MODEL}) in {root}; this takes a few minutes, once. Name a store, or set ${STORE_ENV}, to skip it"
+    )
+    return ensure_demo_stores()[split]
 
 
 def run_demo(

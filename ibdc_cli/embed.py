@@ -28,7 +28,16 @@ from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import autocast, log, process_state, progress_bar, resolve_device, shared_error
+from ibdc_cli.runtime import (
+    announce,
+    autocast,
+    encoder_words,
+    log,
+    process_state,
+    progress_bar,
+    resolve_device,
+    shared_error,
+)
 from ibdc_cli.store import (
     INDEX_FILE,
     STORE_FORMAT,
@@ -155,6 +164,15 @@ def embed_manifest(
     encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
     torch_device = resolve_device(state, device)
     encoder.to(torch_device)
+    announce(
+        "embed",
+        state,
+        device=torch_device,
+        encoder=encoder_words(encoder.describe()),
+        precision=precision,
+        rows=len(rows),
+        out=out,
+    )
     with contextlib.ExitStack() as stack:
         job = {
             "manifest_sha256": manifest.sha256,

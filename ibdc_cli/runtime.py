@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -67,21 +68,92 @@ def is_main(state=None) -> bool:
 def log(message: str, state=None) -> None:
     """A line on stderr from the main process, unless --quiet."""
     if not _quiet and is_main(state):
-        stderr.print(message)
+        stderr.print(message, markup=False, soft_wrap=True)  # soft_wrap: a log file gets whole lines
 
 
-def progress_enabled(state=None) -> bool:
-    return not _quiet and is_main(state) and sys.stderr.isatty()
+# Off a terminal (SLURM, nohup, CI) progress is a plain line every this many seconds, or every tenth of
+# the work, whichever comes first; `IBDC_LOG_EVERY` sets the seconds.
+LOG_EVERY_SECONDS = 60.0
+
+
+def log_every_seconds() -> float:
+    try:
+        return max(float(os.environ.get("IBDC_LOG_EVERY", LOG_EVERY_SECONDS)), 0.0)
+    except ValueError:
+        return LOG_EVERY_SECONDS
+
+
+def announce(command: str, state=None, **facts) -> None:
+    """The first line of a long command: what runs where, e.g. `ibdc condense: device cpu, 1 process,
+    encoder imagebind_tiny (random-init), precision fp32, out syn.safetensors`."""
+    processes = 1 if state is None else state.num_processes
+    device = facts.pop("device", None) or (state.device if state is not None else "cpu")
+    parts = [f"device {device}", f"{processes} process{'es' if processes != 1 else ''}"]
+    parts += [f"{key.replace('_', ' ')} {value}" for key, value in facts.items() if value is not None]
+    log(f"ibdc {command}: {', '.join(parts)}", state)
+
+
+def encoder_words(encoder: dict) -> str:
+    """`imagebind_tiny (random-init, seed 0)` or `imagebind_huge (checkpoint 0bf4a523f717)`, from the encoder
+    record that stores and sets keep."""
+    weights = encoder.get("weights") or "random-init"
+    if weights == "random-init":
+        return f"{encoder.get('preset')} (random-init, seed {encoder.get('seed')})"
+    return f"{encoder.get('preset')} (checkpoint {str(weights)[:12]})"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr for logs that are not a terminal: done/total, rate, elapsed,
+    ETA and the live `fields` (the loss), every `every` seconds or tenth of the work, and at the end."""
+
+    def __init__(self, description: str, total: int, every: float, clock=time.monotonic):
+        self.description, self.total, self.every, self.clock = description, max(total, 0), every, clock
+        self.done, self.values = 0, {}
+        self.started = self.last_time = clock()
+        self.last_tenth = 0
+
+    def advance(self, n: int = 1, **values) -> None:
+        self.done += n
+        self.values.update(values)
+        now = self.clock()
+        tenth = 10 * self.done // self.total if self.total else 10
+        if tenth > self.last_tenth or now - self.last_time >= self.every:
+            self.last_tenth = tenth
+            self.report(now)
+
+    def report(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        self.last_time = now
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        share = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
+        line = f"{self.description}: {self.done}/{self.total}{share}, {rate:.2f}/s, {_clock(elapsed)} elapsed"
+        if 0 < self.done < self.total and rate > 0:
+            line += f", ETA {_clock((self.total - self.done) / rate)}"
+        line += "".join(f", {key} {value}" for key, value in self.values.items() if value not in ("", None))
+        stderr.print(line, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, state=None, *, fields: str = "") -> Iterator:
-    """A rich progress bar on stderr (off when stderr is not a TTY, with --quiet, or off the main process).
+    """A rich progress bar on stderr; off a terminal, plain progress lines (`PlainProgress`); nothing with
+    --quiet or off the main process.
 
     Yields `advance(n=1, **fields)`; `fields` (e.g. "loss={task.fields[loss]}") shows live values.
     """
-    if not progress_enabled(state):
+    if _quiet or not is_main(state):
         yield lambda n=1, **kw: None
+        return
+    if not sys.stderr.isatty():
+        plain = PlainProgress(description, total, log_every_seconds())
+        yield plain.advance
+        if plain.done and plain.last_tenth < 10:  # stopped short of the total (a resumed run's last line)
+            plain.report()
         return
     columns = [
         TextColumn("{task.description}"),
@@ -133,3 +205,38 @@ def shared_error(state, error: Exception | None) -> Exception | None:
     if first is None:
         return None
     return error if error is not None and str(error) == first else IbdcError(first)
+
+
+def environment() -> dict[str, object]:
+    """What `ibdc env` reports: the text to paste into a bug report."""
+    import platform
+    from importlib import metadata
+
+    from ibdc_cli import __version__
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cuda = torch.cuda.is_available()
+    return {
+        "ibdc": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "torchaudio": version("torchaudio"),
+        "accelerate": version("accelerate"),
+        "safetensors": version("safetensors"),
+        "imagebind code": f"imagebind-unofficial {version('imagebind-unofficial')}",
+        "cuda available": cuda,
+        "cuda version": torch.version.cuda or "none (CPU build)",
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cpu cores": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "world size": int(os.environ.get("WORLD_SIZE", "1")),
+        "rank": int(os.environ.get("RANK", "0")),
+    }

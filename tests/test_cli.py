@@ -10,7 +10,17 @@ import typer.main
 
 from ibdc_cli.cli import app
 
-COMMANDS = ["embed", "condense", "evaluate", "inspect", "demo", "bind", "datasets av-digits", "datasets spoken-numbers"]
+COMMANDS = [
+    "embed",
+    "condense",
+    "evaluate",
+    "inspect",
+    "demo",
+    "bind",
+    "env",
+    "datasets av-digits",
+    "datasets spoken-numbers",
+]
 
 
 def _click_command(path: str):
@@ -67,3 +77,18 @@ def test_condense_option_defaults_are_the_library_defaults():
     assert len(shared) > 20
     for name in shared:
         assert options[name] == getattr(library, name), f"--{name.replace('_', '-')}: CLI and library disagree"
+
+
+def test_env_reports_versions_and_world(cli, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    result = cli("env", "--json")
+    assert result.code == 0, result
+    facts = json.loads(result.out)
+    assert facts["torch"] == torch.__version__ and facts["world size"] == 3
+    assert (
+        facts["imagebind code"].startswith("imagebind-unofficial ") and "not installed" not in facts["imagebind code"]
+    )
+    human = cli("env")
+    assert human.code == 0 and "torch threads:" in human.out

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ibdc_cli import __version__
+from ibdc_cli import __version__, tracking
 from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PREFIX, Encoder, load_encoder
@@ -108,6 +108,8 @@ def bind_encoder(
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    log_with: list[str] | tuple[str, ...] = (),
+    log_dir: str | Path | None = None,
 ) -> BindResult:
     """Train the towers of `modalities` other than `anchor` to meet the frozen anchor tower; write `out`.
 
@@ -228,21 +230,23 @@ def bind_encoder(
                 m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound
             }
 
-        trained = train_towers(
-            encoder,
-            bound,
-            data,
-            anchor_embeddings,
-            labels if label_positives or class_targets is not None else None,
-            class_targets,
-            train_rows,
-            settings,
-            work,
-            resuming,
-            evaluate,
-            torch_device,
-            started,
-        )
+        logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
+        with tracking.run(list(log_with), out.stem, logs, {**job, "workers": workers}):
+            trained = train_towers(
+                encoder,
+                bound,
+                data,
+                anchor_embeddings,
+                labels if label_positives or class_targets is not None else None,
+                class_targets,
+                train_rows,
+                settings,
+                work,
+                resuming,
+                evaluate,
+                torch_device,
+                started,
+            )
         after = evaluate()
         encoder.model.eval()
 
@@ -660,8 +664,16 @@ def train_towers(
                         optimizer.step()
                     losses.append(float(loss.detach()))
                     advance(1, loss=f"{losses[-1]:.4f}")
+                    tracking.log({"loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]}, step=step)
                 history.append(round(sum(losses) / len(losses), 6))
                 val_history.append(epoch_metrics(evaluate()))
+                tracking.log(
+                    {
+                        "epoch/loss": history[-1],
+                        **{f"held_out/{m}/{k}": v for m, values in val_history[-1].items() for k, v in values.items()},
+                    },
+                    step=epoch + 1,
+                )
                 log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}; {describe(val_history[-1])}")
                 elapsed = earlier + time.time() - started
                 save_state(

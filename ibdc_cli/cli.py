@@ -90,6 +90,17 @@ RandomInitOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+LogWithOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-with",
+        help="Experiment tracking (off by default): csv, tensorboard or wandb, comma-separated; loss terms and "
+        "step times per step.",
+    ),
+]
+LogDirOpt = Annotated[
+    Path | None, typer.Option("--log-dir", help="Where --log-with writes (default: OUT-logs/ beside --out).")
+]
 DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="auto, cpu, cuda or cuda:N (under accelerate/torchrun: each process's own device)."),
@@ -283,6 +294,8 @@ def condense(
         ),
     ] = "imagebind",
     device: DeviceOpt = "auto",
+    log_with: LogWithOpt = None,
+    log_dir: LogDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Condense a store into a few synthetic examples per class.
@@ -295,6 +308,7 @@ def condense(
     from ibdc_cli.condense import condense as run_condense
     from ibdc_cli.data.manifest import parse_modalities
     from ibdc_cli.demo import default_store
+    from ibdc_cli.tracking import parse_log_with
 
     options = dict(
         dpc=dpc,
@@ -333,7 +347,16 @@ def condense(
     config.check()
     store = store if store is not None else default_store()
     out = out or Path("syn.safetensors")
-    result = run_condense(store, out, config, device=device, resume=resume, overwrite=overwrite)
+    result = run_condense(
+        store,
+        out,
+        config,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        log_with=parse_log_with(log_with),
+        log_dir=log_dir,
+    )
     if not result.metadata:  # not the main process
         return
     summary = {
@@ -508,6 +531,8 @@ def bind(
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted bind of the same job.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    log_with: LogWithOpt = None,
+    log_dir: LogDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Bind modalities to a frozen anchor tower (as ImageBind binds them to images): an aligned encoder.
@@ -516,6 +541,7 @@ def bind(
     """
     from ibdc_cli.bind import bind_encoder, format_report
     from ibdc_cli.data.manifest import parse_modalities
+    from ibdc_cli.tracking import parse_log_with
 
     result = bind_encoder(
         manifest,
@@ -542,6 +568,8 @@ def bind(
         device=device,
         resume=resume,
         overwrite=overwrite,
+        log_with=parse_log_with(log_with),
+        log_dir=log_dir,
     )
     if not result.metadata:  # not the main process
         return

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ibdc_cli import losses
+from ibdc_cli import losses, tracking
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
@@ -216,8 +216,13 @@ def condense(
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    log_with: list[str] | tuple[str, ...] = (),
+    log_dir: str | Path | None = None,
 ) -> CondenseResult:
-    """Condense the store at `store_path` into the synthetic set `out`; see the module docstring."""
+    """Condense the store at `store_path` into the synthetic set `out`; see the module docstring.
+
+    `log_with` (trackers of `ibdc_cli.tracking`: csv, tensorboard, wandb) logs each step's loss terms and
+    seconds per class to `log_dir` (default: `OUT-logs/` beside `out`)."""
     started = time.time()
     out = Path(out)
     config.check()
@@ -288,9 +293,13 @@ def condense(
         bank = _frequency_bank(data, per_class, todo, config, torch_device) if config.freq_bank else None
         steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
         try:
-            with progress_bar(
-                f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
-            ) as advance:
+            logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
+            with (
+                tracking.run(list(log_with), out.stem, logs, {"store": str(store.path), **asdict(config)}, state),
+                progress_bar(
+                    f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
+                ) as advance,
+            ):
                 for c in todo:
                     real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
                     rows = data["row"][per_class[c]]
@@ -388,8 +397,11 @@ def _condense_class(c, real, target, rows, dpc, config, store, encoder, space_ma
     state_file = work / f"state-{c:05d}.safetensors"
     start, history = _load_class_state(state_file, params, optimizer, generator)
     for iteration in range(start, config.iterations):
+        began = time.perf_counter()
         terms = _step(target, params, config, encoder, space_maps, bank, c, generator, optimizer)
         history.append(terms)
+        seconds = {"seconds": time.perf_counter() - began}
+        tracking.log({f"class{c:03d}/{name}": value for name, value in {**terms, **seconds}.items()}, step=iteration)
         advance(1, loss=f"{terms['total']:.4f}")
         done = iteration + 1
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:

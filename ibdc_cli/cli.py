@@ -90,6 +90,9 @@ RandomInitOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="fp32, bf16 or fp16: the model's forward passes under autocast.")
+]
 LogWithOpt = Annotated[
     str | None,
     typer.Option(
@@ -123,7 +126,7 @@ def embed(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 32,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    precision: PrecisionOpt = "fp32",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted embed of the same job.")] = False,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip rows whose media cannot be read, and list them.")
@@ -293,6 +296,13 @@ def condense(
             help="Input space: imagebind (the frozen encoder) or convnet (a random ConvNet redrawn every step).",
         ),
     ] = "imagebind",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Input space: fp32, bf16 or fp16 autocast for the encoder's passes (the losses stay float32).",
+        ),
+    ] = "fp32",
     device: DeviceOpt = "auto",
     log_with: LogWithOpt = None,
     log_dir: LogDirOpt = None,
@@ -336,6 +346,7 @@ def condense(
         clusters=clusters,
         checkpoint_every=checkpoint_every,
         guide=guide,
+        precision=precision,
         model=model,
         checkpoint=str(checkpoint) if checkpoint else None,
         manifest=str(manifest) if manifest else None,
@@ -430,6 +441,8 @@ def evaluate(
         Path | None,
         typer.Option("--train-manifest", help="convnet: the --train store's manifest (default: the path it records)."),
     ] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     as_json: JsonOpt = False,
 ) -> None:
     """Train heads on synthetic sets and report top-1 accuracy (or recall@k) on a real test store (mean ± std).
@@ -460,6 +473,8 @@ def evaluate(
         checkpoint=checkpoint,
         test_manifest=test_manifest,
         train_manifest=train_manifest,
+        device=device,
+        precision=precision,
     )
     if as_json:
         _print_json(result)

@@ -34,7 +34,17 @@ from ibdc_cli import losses, tracking
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
-from ibdc_cli.runtime import announce, encoder_words, log, process_state, progress_bar, resolve_device, shared_error
+from ibdc_cli.runtime import (
+    PRECISIONS,
+    announce,
+    autocast,
+    encoder_words,
+    log,
+    process_state,
+    progress_bar,
+    resolve_device,
+    shared_error,
+)
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
@@ -86,6 +96,7 @@ class CondenseConfig:
     checkpoint_every: int = 50
     # input space only
     guide: str = "imagebind"
+    precision: str = "fp32"  # autocast of the encoder's passes; the losses always run in float32
     model: str | None = None
     checkpoint: str | None = None
     manifest: str | None = None
@@ -116,6 +127,7 @@ class CondenseConfig:
             "joint-form": (self.joint_form, losses.JOINT_FORMS),
             "guide": (self.guide, GUIDES),
             "space-map": (self.space_map, SPACE_MAPS),
+            "precision": (self.precision, PRECISIONS),
         }
         for option, (value, allowed) in choices.items():
             if value not in allowed:
@@ -243,7 +255,7 @@ def condense(
         state,
         device=torch_device,
         encoder=encoder_words(store.encoder),
-        precision="fp32",
+        precision=config.precision,
         method=config.method,
         store=store.path,
         out=out,
@@ -448,12 +460,15 @@ def _synthetic_embeddings(params, config, encoder, space_maps) -> dict[str, torc
     """Unit-norm embeddings of the current synthetic rows. Embedding-space rows are parametrised
     normalised (SPEC §3): terms linear in a row's norm would otherwise reward blowing it up."""
     inputs = _input_modalities(config)
-    return {
-        m: map_embeddings(encoder.embed(m, params[m]), space_maps[m])
-        if m in inputs
-        else torch.nn.functional.normalize(params[m], dim=-1)
-        for m in config.modalities
-    }
+    embeddings = {}
+    for m in config.modalities:
+        if m in inputs:
+            with autocast(params[m].device, config.precision):
+                raw = encoder.embed(m, params[m])
+            embeddings[m] = map_embeddings(raw.float(), space_maps[m])
+        else:
+            embeddings[m] = torch.nn.functional.normalize(params[m], dim=-1)
+    return embeddings
 
 
 def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ibdc_cli.data.preprocess import INPUT_SHAPES, load
 from ibdc_cli.encoders.convnet import ConvNet
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import log, progress_bar
+from ibdc_cli.runtime import autocast, log, progress_bar
 from ibdc_cli.store import Store, open_store
 
 
@@ -70,6 +70,7 @@ def train_convnets(
     schedule: ConvnetSchedule,
     seed: int,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, ConvNet]:
     """One ConvNet + linear classifier per modality, trained from scratch on `inputs[m]` `[N, C, H, W]`
     (already `network_input`) and `labels` `[N]`."""
@@ -91,7 +92,9 @@ def train_convnets(
                 order = torch.randperm(len(x), generator=generator).to(device)
                 for start in range(0, len(x), schedule.batch_size):
                     batch = order[start : start + schedule.batch_size]
-                    loss = F.cross_entropy(net(x[batch]), labels[batch])
+                    with autocast(torch.device(device), precision):
+                        logits = net(x[batch])
+                    loss = F.cross_entropy(logits.float(), labels[batch])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -102,15 +105,20 @@ def train_convnets(
 
 
 @torch.no_grad()
-def fused_accuracy(nets: dict[str, ConvNet], inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+def fused_accuracy(
+    nets: dict[str, ConvNet], inputs: dict[str, torch.Tensor], labels: torch.Tensor, precision: str = "fp32"
+) -> float:
     """Top-1 accuracy of late fusion (mean of the per-modality softmaxes) on `inputs[m]` `[N, C, H, W]`."""
     device = next(iter(nets.values())).classifier.weight.device
     probs = 0
     for m, net in nets.items():
         x = inputs[m]
-        probs = probs + torch.cat(
-            [F.softmax(net(x[i : i + 256].to(device)), dim=-1).cpu() for i in range(0, len(x), 256)]
-        )
+        chunks = []
+        for i in range(0, len(x), 256):
+            with autocast(device, precision):
+                logits = net(x[i : i + 256].to(device))
+            chunks.append(F.softmax(logits.float(), dim=-1).cpu())
+        probs = probs + torch.cat(chunks)
     return float((probs.argmax(-1) == labels).float().mean())
 
 
@@ -136,6 +144,8 @@ def evaluate_convnet(
     train_store: str | Path | None = None,
     test_manifest: str | Path | None = None,
     train_manifest: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Accuracy of ConvNets trained on the synthetic inputs of each of `sets` (`evaluate.load_sets`), on the
     real test rows: mean ± std over sets x `seeds` (`evaluate.summarize_sets`)."""
@@ -151,7 +161,6 @@ def evaluate_convnet(
             if tuple(tensors[m].shape[1:]) != INPUT_SHAPES[m]:
                 raise IbdcError(f"{path}: {m!r} has shape {tuple(tensors[m].shape)}, not [n, {INPUT_SHAPES[m]}]")
         _check_compatible(set_meta, test, modalities, path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test_inputs, test_labels, test_path = store_inputs(
         test, modalities, class_names, test_manifest, "--test-manifest", schedule.resolution
     )
@@ -161,9 +170,21 @@ def evaluate_convnet(
         syn_inputs = {m: network_input(tensors[m], schedule.resolution) for m in modalities}
         syn_labels = tensors["labels"].long()
         for seed in range(seeds):
-            nets = train_convnets(syn_inputs, syn_labels, len(class_names), schedule=schedule, seed=seed, device=device)
+            nets = train_convnets(
+                syn_inputs,
+                syn_labels,
+                len(class_names),
+                schedule=schedule,
+                seed=seed,
+                device=device,
+                precision=precision,
+            )
             runs.append(
-                {"set": str(path), "seed": seed, "value": 100.0 * fused_accuracy(nets, test_inputs, test_labels)}
+                {
+                    "set": str(path),
+                    "seed": seed,
+                    "value": 100.0 * fused_accuracy(nets, test_inputs, test_labels, precision),
+                }
             )
     result: dict[str, Any] = {
         "protocol": "convnet",
@@ -188,9 +209,15 @@ def evaluate_convnet(
         whole = []
         for seed in range(seeds):
             nets = train_convnets(
-                train_inputs, train_labels, len(class_names), schedule=schedule, seed=seed, device=device
+                train_inputs,
+                train_labels,
+                len(class_names),
+                schedule=schedule,
+                seed=seed,
+                device=device,
+                precision=precision,
             )
-            whole.append(100.0 * fused_accuracy(nets, test_inputs, test_labels))
+            whole.append(100.0 * fused_accuracy(nets, test_inputs, test_labels, precision))
         result.update(whole_data_fields(result["mean"], whole))
     return result
 

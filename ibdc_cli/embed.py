@@ -31,6 +31,7 @@ from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import (
     announce,
     autocast,
+    check_precision,
     encoder_words,
     log,
     process_state,
@@ -50,8 +51,6 @@ from ibdc_cli.store import (
     prepare_partial_dir,
     read_tensors,
 )
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -143,8 +142,7 @@ def embed_manifest(
     """Embed `modalities` of every manifest row into the store directory `out`; see the module docstring."""
     started = time.time()
     out = Path(out)
-    if precision not in PRECISIONS:
-        raise IbdcError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     if batch_size < 1 or chunk_rows < 1:
         raise IbdcError("--batch-size must be at least 1")
     if workers < 0:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ibdc_cli.encoders.imagebind import same_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import log
+from ibdc_cli.runtime import autocast, check_precision, log, single_device
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
 from ibdc_cli.store import Store, _flatten, load_synthetic_set, open_store
 
@@ -93,21 +93,28 @@ def train_heads(
     protocol: str,
     schedule: HeadSchedule,
     seed: int,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, torch.nn.Module]:
-    """One head per modality, trained with cross-entropy on `features[m]` `[N, D]` and `labels` `[N]`."""
+    """One head per modality, trained with cross-entropy on `features[m]` `[N, D]` and `labels` `[N]`, on
+    `device`, its forward passes under `precision`'s autocast (the loss in float32)."""
     heads = {}
+    device = torch.device(device)
+    labels = labels.to(device)
     for index, (modality, x) in enumerate(features.items()):
         generator = torch.Generator().manual_seed(seed * 1000 + index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + index)
-            head = _head(protocol, x.shape[1], num_classes, schedule.hidden)
+            head = _head(protocol, x.shape[1], num_classes, schedule.hidden).to(device)
         optimizer = torch.optim.Adam(head.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
-        x = F.normalize(x.float(), dim=-1)
+        x = F.normalize(x.float(), dim=-1).to(device)
         for _ in range(schedule.epochs):
-            order = torch.randperm(len(x), generator=generator)
+            order = torch.randperm(len(x), generator=generator).to(device)
             for start in range(0, len(x), schedule.batch_size):
                 batch = order[start : start + schedule.batch_size]
-                loss = F.cross_entropy(head(x[batch]), labels[batch])
+                with autocast(device, precision):
+                    logits = head(x[batch])
+                loss = F.cross_entropy(logits.float(), labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -116,10 +123,17 @@ def train_heads(
 
 
 @torch.no_grad()
-def fused_accuracy(heads: dict[str, torch.nn.Module], features: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-    """Top-1 accuracy of late fusion: the mean of the per-modality softmaxes."""
-    probs = torch.stack([F.softmax(heads[m](F.normalize(features[m].float(), dim=-1)), dim=-1) for m in heads])
-    return float((probs.mean(0).argmax(-1) == labels).float().mean())
+def fused_accuracy(
+    heads: dict[str, torch.nn.Module], features: dict[str, torch.Tensor], labels: torch.Tensor, precision: str = "fp32"
+) -> float:
+    """Top-1 accuracy of late fusion: the mean of the per-modality softmaxes (on the heads' device)."""
+    probs = []
+    for m, head in heads.items():
+        device = next(head.parameters()).device
+        with autocast(device, precision):
+            logits = head(F.normalize(features[m].float(), dim=-1).to(device))
+        probs.append(F.softmax(logits.float(), dim=-1).cpu())
+    return float((torch.stack(probs).mean(0).argmax(-1) == labels.cpu()).float().mean())
 
 
 def summarize_runs(values: list[float]) -> dict[str, Any]:
@@ -253,8 +267,13 @@ def evaluate(
     checkpoint: str | Path | None = None,
     test_manifest: str | Path | None = None,
     train_manifest: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Accuracy of heads trained on `synthetic` and tested on `test_store`: mean ± std over sets x seeds.
+
+    The heads (or ConvNets, and the encoder of input-space sets) run on `device` ("auto": CUDA when
+    available), their forward passes under `precision`'s autocast (fp32, bf16, fp16).
 
     `synthetic` is one set or several of one configuration (condensation seeds; see `load_sets`).
     Returns `{"protocol", "metric", "sets", "seeds", "method", "dpc", "modalities", "test_rows", "schedule",
@@ -266,6 +285,8 @@ def evaluate(
         raise IbdcError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
     if seeds < 1:
         raise IbdcError("--seeds must be at least 1")
+    check_precision(precision)
+    torch_device = single_device(device)
     if protocol == "retrieval":  # paired data without labels: recall@k both ways (ibdc_cli.retrieval)
         from ibdc_cli.retrieval import RetrievalSchedule, evaluate_retrieval
 
@@ -293,20 +314,30 @@ def evaluate(
             train_store=train_store,
             test_manifest=test_manifest,
             train_manifest=train_manifest,
+            device=torch_device,
+            precision=precision,
         )
     class_names = list(meta["class_names"])
     runs = []
     for path, tensors, set_meta in sets:
         _check_compatible(set_meta, test, modalities, path)
-        features = _synthetic_features(tensors, set_meta, modalities, path, checkpoint)
+        features = _synthetic_features(tensors, set_meta, modalities, path, checkpoint, torch_device, precision)
         _check_set_shapes(path, features, tensors["labels"], len(class_names), test)
         test_data, test_labels = _store_features(test, modalities, class_names, space_maps_of_set(tensors, modalities))
         syn_labels = tensors["labels"].long()
         for seed in range(seeds):
-            heads = train_heads(features, syn_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed)
-            runs.append(
-                {"set": str(path), "seed": seed, "value": 100.0 * fused_accuracy(heads, test_data, test_labels)}
+            heads = train_heads(
+                features,
+                syn_labels,
+                len(class_names),
+                protocol=protocol,
+                schedule=schedule,
+                seed=seed,
+                device=torch_device,
+                precision=precision,
             )
+            accuracy = fused_accuracy(heads, test_data, test_labels, precision)
+            runs.append({"set": str(path), "seed": seed, "value": 100.0 * accuracy})
     result: dict[str, Any] = {
         "protocol": protocol,
         "metric": "top-1 accuracy (%)",
@@ -330,9 +361,16 @@ def evaluate(
         whole = []
         for seed in range(seeds):
             heads = train_heads(
-                train_data, train_labels, len(class_names), protocol=protocol, schedule=schedule, seed=seed
+                train_data,
+                train_labels,
+                len(class_names),
+                protocol=protocol,
+                schedule=schedule,
+                seed=seed,
+                device=torch_device,
+                precision=precision,
             )
-            whole.append(100.0 * fused_accuracy(heads, test_data, test_labels))
+            whole.append(100.0 * fused_accuracy(heads, test_data, test_labels, precision))
         result.update(whole_data_fields(result["mean"], whole))
     return result
 
@@ -354,7 +392,9 @@ def format_accuracy(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _synthetic_features(tensors, meta, modalities, path, checkpoint=None) -> dict[str, torch.Tensor]:
+def _synthetic_features(
+    tensors, meta, modalities, path, checkpoint=None, device="cpu", precision="fp32"
+) -> dict[str, torch.Tensor]:
     missing = [m for m in modalities if m not in tensors]
     if missing:
         raise IbdcError(f"synthetic set {path} has no {missing[0]!r} (it has: {', '.join(meta['modalities'])})")
@@ -362,19 +402,25 @@ def _synthetic_features(tensors, meta, modalities, path, checkpoint=None) -> dic
     inputs = [m for m in modalities if spaces.get(m) == "input"]
     features = {m: tensors[m] for m in modalities}
     if inputs:
-        features.update(embed_synthetic_inputs(tensors, meta, inputs, path, checkpoint))
+        features.update(embed_synthetic_inputs(tensors, meta, inputs, path, checkpoint, device, precision))
     return features
 
 
 @torch.no_grad()
-def embed_synthetic_inputs(tensors, meta, modalities, path, checkpoint=None) -> dict[str, torch.Tensor]:
+def embed_synthetic_inputs(
+    tensors, meta, modalities, path, checkpoint=None, device="cpu", precision="fp32"
+) -> dict[str, torch.Tensor]:
     """Embeddings `[M, D]` of an input-space set's model inputs by the encoder recorded in the file, mapped
     into the set's space with its recorded maps (as `_store_features` maps the test store)."""
-    encoder = recorded_encoder(meta, path, checkpoint)
+    encoder = recorded_encoder(meta, path, checkpoint).to(device)
     features = {}
     for m in modalities:
         x = tensors[m]
-        embedded = torch.cat([encoder.embed(m, x[i : i + 64]) for i in range(0, len(x), 64)])
+        chunks = []
+        for i in range(0, len(x), 64):
+            with autocast(torch.device(device), precision):
+                chunks.append(encoder.embed(m, x[i : i + 64].to(device)).float().cpu())
+        embedded = torch.cat(chunks)
         features[m] = map_embeddings(embedded, space_maps_of_set(tensors, [m]).get(m))
     return features
 

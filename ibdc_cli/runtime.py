@@ -179,6 +179,32 @@ def _field_defaults(fields: str) -> dict[str, str]:
     return {name: "" for name in re.findall(r"task\.fields\[(\w+)\]", fields)}
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        from ibdc_cli.errors import IbdcError
+
+        raise IbdcError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def single_device(device: str = "auto") -> torch.device:
+    """The device of a one-process command (evaluate): `auto` is CUDA when available, else the CPU."""
+    from ibdc_cli.errors import IbdcError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise IbdcError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise IbdcError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    return chosen
+
+
 def autocast(device: torch.device, precision: str):
     """An autocast context for --precision {fp32,bf16,fp16}."""
     if precision == "fp32":

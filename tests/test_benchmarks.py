@@ -150,3 +150,15 @@ def test_bind_speed_quick_runs(tmp_path, fsdd_source):
     assert report["clips_equal"] is True and report["steps_per_epoch"] == 3
     assert {"3 clips, 1 thread", "1 clip, 1 thread"} <= set(report["step"])
     assert all(entry["step_s"] > 0 for entry in report["step"].values())
+
+
+def test_store_verify_measures_hash_and_read(tmp_path):
+    out = tmp_path / "store_verify.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "store_verify.py"), "--rows", "3000", "--dim", "32"]
+    args = ["--shard-rows", "1000", "--repeats", "1", "--json", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["shards"] == 3 and report["hash_s"] > 0 and report["read_s"] > 0
+    assert report["load_s"] == pytest.approx(report["hash_s"] + report["read_s"], abs=2e-3)

@@ -369,6 +369,10 @@ SYNTHETIC_VERSION = 1
 METADATA_KEY = "ibdc"
 
 
+# The metadata keys that readers of a synthetic set rely on, and their JSON types.
+SYNTHETIC_KEYS = {"modalities": list, "class_names": list, "encoder": dict}
+
+
 def save_synthetic_set(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write a synthetic set (or selection): tensors per modality + `labels`, JSON metadata under "ibdc"."""
     metadata = {
@@ -396,7 +400,11 @@ def load_synthetic_set(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         raise IbdcError(f"{path} is not an ibdc synthetic set (format {metadata.get('format')!r})")
     if int(metadata.get("format_version", 0)) > SYNTHETIC_VERSION:
         raise IbdcError(f"{path} has format version {metadata['format_version']}; upgrade ibdc to read it")
-    missing = [m for m in [*metadata.get("modalities", []), "labels"] if m not in tensors]
+    for key, kind in SYNTHETIC_KEYS.items():
+        if not isinstance(metadata.get(key), kind):
+            what = "is missing" if key not in metadata else f"is {type(metadata[key]).__name__}, not {kind.__name__}"
+            raise IbdcError(f"{path}: its ibdc metadata is damaged: {key!r} {what}")
+    missing = [m for m in [*metadata["modalities"], "labels"] if m not in tensors]
     if missing:
         raise IbdcError(f"{path} lacks tensor {missing[0]!r} listed in its metadata")
     check_finite(tensors, f"synthetic set {path}")

@@ -164,6 +164,24 @@ def _reshape_set(path: Path) -> None:
     atomic_save_tensors(path, tensors, metadata=metadata)
 
 
+def _edit_set_metadata(path: Path, **change) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    from ibdc_cli.store import atomic_save_tensors
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["ibdc"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    for key, value in change.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    atomic_save_tensors(path, tensors, metadata={"ibdc": json.dumps(meta)})
+
+
 def _unlabelled_test(tmp: Path):
     from ibdc_cli.condense import CondenseConfig
     from ibdc_cli.condense import condense as condense_store
@@ -234,6 +252,16 @@ CASES = {
         "is a directory",
     ),
     "checkpoint with garbage metadata": (_garbage_checkpoint, 2, "metadata"),
+    "set metadata without class_names": (
+        lambda t: _set_and_store(t, set_change=lambda p: _edit_set_metadata(p, class_names=None)),
+        2,
+        "'class_names' is missing",
+    ),
+    "set metadata with a wrong type": (
+        lambda t: _set_and_store(t, set_change=lambda p: _edit_set_metadata(p, encoder="tiny")),
+        2,
+        "'encoder' is str, not dict",
+    ),
 }
 
 

@@ -2,8 +2,9 @@
 
     DIR/image/0003-eight.png       input-space images, ImageBind's CLIP normalisation undone
     DIR/image_grid.png             classes x examples (the paper's Fig. 5); also for audio, depth, thermal
-    DIR/audio/0003-eight.png       input-space fbanks as spectrograms (the 3 clips side by side)
-    DIR/audio/0003-eight.wav       the same fbanks turned back into sound (approximate, see `fbank_to_waveform`)
+    DIR/audio/0003-eight.png       input-space fbanks as spectrograms (the 3 clips side by side; padding as silence)
+    DIR/audio/0003-eight.wav       the same fbanks turned back into sound (approximate, see `fbank_to_waveform`),
+                                   each clip cut to its real frames (the zero-padded tail left out)
     DIR/depth/0003-eight.png       depth / thermal maps as grey images
     DIR/text.npy                   embedding-space rows [M, D] float32, in the set's mapped space; the map
     DIR/center.text.npy ...        itself as center.<m>.npy [D] (and whiten.<m>.npy [D, D]), see ibdc_cli/space.py
@@ -45,7 +46,7 @@ from ibdc_cli.data.preprocess import (  # noqa: E402
 )
 from ibdc_cli.errors import IbdcError  # noqa: E402
 from ibdc_cli.store import load_synthetic_set  # noqa: E402
-from ibdc_cli.visualize import save_png  # noqa: E402
+from ibdc_cli.visualize import natural_class_order, save_png  # noqa: E402
 
 # ImageBind's Kaldi fbank: 25 ms windows (400 samples, zero-padded to 512 for the FFT), 10 ms hop.
 FBANK_WINDOW = 400
@@ -54,7 +55,11 @@ FBANK_HOP = 160
 FBANK_LOW_HZ = 20.0
 PREEMPHASIS = 0.97
 GRIFFIN_LIM_ITERATIONS = 32
-FLAT_FRAME_STD = 0.1  # log-mel std across bins below which a frame is padding (see fbank_to_waveform)
+FLAT_FRAME_STD = 0.1  # log-mel std across bins below which a frame is flat (see fbank_to_waveform)
+# ImageBind pads a clip shorter than 2 s with fbank value 0 (log-mel 0 in every bin; (0 - AUDIO_MEAN) /
+# AUDIO_STD once normalised). A flat frame whose level is this close to 0 is padding; digital silence in
+# a recording is flat too, but at log(epsilon) = -15.9.
+PAD_LEVEL_TOLERANCE = 1.0
 GRID_MAX_PER_CLASS = 10
 GRID_CELL_INCHES = 1.2
 GRID_MIN_WIDTH_INCHES = 4.5  # room for the title when there are only one or two examples per class
@@ -122,8 +127,7 @@ def write_export(tensors: dict[str, torch.Tensor], meta: dict[str, Any], out: Pa
                 spectrogram = denormalise_fbank(fbank)
                 _save_spectrogram(stem.with_suffix(".png"), spectrogram, f"row {row}: {names[row]}")
                 add(stem.with_suffix(".png"), modality, "spectrogram", row)
-                waveform = torch.cat([fbank_to_waveform(clip) for clip in spectrogram])
-                soundfile.write(str(stem.with_suffix(".wav")), _fit_range(waveform).numpy(), AUDIO_SAMPLE_RATE)
+                soundfile.write(str(stem.with_suffix(".wav")), fbanks_to_wav(spectrogram).numpy(), AUDIO_SAMPLE_RATE)
                 add(stem.with_suffix(".wav"), modality, "audio (approximate)", row)
                 pictures.append(_spectrogram_rgb(spectrogram[0]))
         else:
@@ -172,6 +176,46 @@ def denormalise_fbank(fbank: torch.Tensor) -> torch.Tensor:
     return fbank[:, 0] * AUDIO_STD + AUDIO_MEAN
 
 
+def padded_frames(log_mel: torch.Tensor) -> torch.Tensor:
+    """`[frames]` bool: the zero-padded tail of one clip's log-mel fbank `[128, frames]`.
+
+    ImageBind pads a short clip's fbank with 0 at the end: a trailing run of frames that are flat across
+    the mel bins (std < `FLAT_FRAME_STD`) at level 0 (|mean| < `PAD_LEVEL_TOLERANCE`). Only the tail
+    counts; a flat frame between sounds is not padding. Once a synthetic set has optimised its padding
+    frames they are no longer flat, and are then sound, not padding.
+    """
+    flat = (log_mel.std(dim=0) < FLAT_FRAME_STD) & (log_mel.mean(dim=0).abs() < PAD_LEVEL_TOLERANCE)
+    real = torch.nonzero(~flat).flatten()
+    first_pad = int(real[-1]) + 1 if len(real) else 0
+    return torch.arange(log_mel.shape[1]) >= first_pad
+
+
+def real_frame_count(log_mel: torch.Tensor) -> int:
+    """Frames of one clip `[128, frames]` before its padded tail (`padded_frames`)."""
+    return int((~padded_frames(log_mel)).sum())
+
+
+def silence_padding(log_mel: torch.Tensor) -> torch.Tensor:
+    """A copy of clips `[clips, 128, frames]` with each clip's padded tail set to the quietest value of
+    the real frames (of all clips), so a picture draws the padding as silence, the bottom of the colour
+    scale, rather than as a band at log-mel 0, which is louder than the quiet parts of speech."""
+    padded = torch.stack([padded_frames(clip) for clip in log_mel])  # [clips, frames]
+    real_values = log_mel.permute(1, 0, 2)[:, ~padded]  # [128, real frames of all clips]
+    floor = float(real_values.min()) if real_values.numel() else 0.0
+    return log_mel.masked_fill(padded[:, None, :], floor)
+
+
+def fbanks_to_wav(log_mel: torch.Tensor) -> torch.Tensor:
+    """`[T]` 16 kHz waveform of clips `[clips, 128, frames]`, one clip after another, scaled not to clip.
+
+    Each clip goes through `fbank_to_waveform` whole (its padding silent) and is then cut to its real
+    frames (`real_frame_count`) x 10 ms, so the padded tail is left out: a 0.5 s recording gives 3 x 0.48 s
+    of WAV rather than 3 x 2 s (ImageBind's 3 clips of a recording shorter than 2 s are the same clip).
+    """
+    parts = [fbank_to_waveform(clip)[: real_frame_count(clip) * FBANK_HOP] for clip in log_mel]
+    return _fit_range(torch.cat(parts))
+
+
 def kaldi_mel_filterbank() -> torch.Tensor:
     """`[128, 257]`: the mel filterbank of ImageBind's Kaldi fbank (power spectrum bins -> mel bins)."""
     banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
@@ -217,15 +261,21 @@ def _fit_range(waveform: torch.Tensor) -> torch.Tensor:
 
 
 def _save_spectrogram(file: Path, log_mel: torch.Tensor, title: str) -> None:
-    """The clips `[clips, 128, frames]` side by side, with axes and a colour bar."""
+    """The clips `[clips, 128, frames]` side by side, with axes and a colour bar; padding drawn as silence."""
     clips, _, frames = log_mel.shape
+    real = [real_frame_count(clip) for clip in log_mel]
     figure, ax = plt.subplots(figsize=(9, 3.4), dpi=DPI, layout="constrained")
     shown = ax.imshow(
-        torch.cat(list(log_mel), dim=1).numpy(), origin="lower", aspect="auto", cmap="magma", interpolation="nearest"
+        torch.cat(list(silence_padding(log_mel)), dim=1).numpy(),
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        interpolation="nearest",
     )
     for clip in range(1, clips):
         ax.axvline(clip * frames - 0.5, color="white", linewidth=1)
-    ax.set_title(f"{title} — log-mel fbank, {clips} clips of 2 s")
+    padding = "" if min(real) == frames else f"; real frames {', '.join(map(str, real))}, padding drawn as silence"
+    ax.set_title(f"{title} — log-mel fbank, {clips} clips of 2 s{padding}", fontsize=10 if padding else None)
     ax.set_xlabel(f"frame (10 ms; clips of {frames} frames)")
     ax.set_ylabel("mel bin")
     figure.colorbar(shown, ax=ax, label="log mel energy")
@@ -233,7 +283,9 @@ def _save_spectrogram(file: Path, log_mel: torch.Tensor, title: str) -> None:
 
 
 def _spectrogram_rgb(log_mel: torch.Tensor) -> np.ndarray:
-    """`[128, frames, 3]` uint8 of one clip, low frequencies at the bottom, for the grid."""
+    """`[128, frames, 3]` uint8 of one clip `[128, frames]`, low frequencies at the bottom, for the grid;
+    the padded tail is drawn as silence (the colour map's darkest colour)."""
+    log_mel = silence_padding(log_mel[None])[0]
     low, high = float(log_mel.min()), float(log_mel.max())
     scaled = ((log_mel - low) / ((high - low) or 1.0)).flip(0).numpy()
     return (plt.get_cmap("magma")(scaled)[..., :3] * 255).astype(np.uint8)
@@ -242,7 +294,9 @@ def _spectrogram_rgb(log_mel: torch.Tensor) -> np.ndarray:
 def _save_grid(file: Path, pictures: list[np.ndarray], labels: list[int], class_names: list[str], title: str) -> None:
     """Classes as rows, up to `GRID_MAX_PER_CLASS` examples as columns, class names on the left."""
     aspect = "equal" if pictures[0].shape[0] == pictures[0].shape[1] else "auto"  # spectrograms fill the cell
-    classes = sorted(set(labels))
+    present = set(labels)
+    classes = [c for c in natural_class_order(class_names) if c in present]  # zero, one, ... as in --plot
+    classes += sorted(present - set(classes))  # labels beyond the class names, if any
     rows_of = {c: [i for i, label in enumerate(labels) if label == c][:GRID_MAX_PER_CLASS] for c in classes}
     columns = max(len(rows) for rows in rows_of.values())
     figure, axes = plt.subplots(

@@ -190,8 +190,9 @@ def test_bad_media_exit_2_names_row_and_path_and_leaves_nothing(tmp_path, cli, p
     out = tmp_path / "store"
     result = cli("embed", manifest, "-m", "image,audio", "--out", out, *FAST)
     assert result.code == 2, result
-    message = result.err.strip()
-    assert message.startswith("ibdc: error:") and len(message.splitlines()) == 1, message
+    lines = result.err.strip().splitlines()
+    message = lines[-1]  # the error is one line; before it only the startup line ("ibdc embed: device …")
+    assert message.startswith("ibdc: error:") and all(line.startswith("ibdc embed: ") for line in lines[:-1]), lines
     assert "row 2" in message and expect in message
     assert "Traceback" not in result.err
     assert not out.exists() and not (tmp_path / ".store.partial").exists()

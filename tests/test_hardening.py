@@ -211,6 +211,7 @@ CASES = {
     "--lr nan": (lambda t: _condense(t, "--lr", "nan"), 2, "finite"),
     "--sigma inf": (lambda t: _condense(t, "--sigma", "inf"), 2, "finite"),
     "--lambda-uni -1": (lambda t: _condense(t, "--lambda-uni", "-1"), 2, "must not be negative"),
+    "--sigma 1e38 (finite, diverges)": (lambda t: _condense(t, "--sigma", "1e38"), 2, "diverged"),
     # 5. store integrity
     "swapped shard": (_swapped_shard, 2, "does not match the SHA-256"),
     "label id outside class_names": (
@@ -475,3 +476,44 @@ def test_unwritable_output_folder_is_one_line(tmp_path, cli, monkeypatch):
     result = cli(*args)
     assert result.code == 2 and ".s.safetensors.lock: Permission denied" in result.err, result
     assert "Traceback" not in result.err and not (tmp_path / "s.safetensors").exists()
+
+
+def test_labels_that_look_numeric_but_are_names(tmp_path):
+    from ibdc_cli.data.manifest import read_manifest
+
+    manifest = _manifest_with_labels(tmp_path, ["--5", "²", "7", "--5"])
+    read = read_manifest(manifest, ["image"])
+    assert read.class_names == ["--5", "7", "²"] and read.labels == [0, 2, 1, 0]
+    numbers = _manifest_with_labels(tmp_path, ["10", "2", "007"])
+    assert read_manifest(numbers, ["image"]).class_names == ["2", "7", "10"]
+
+
+def test_jsonl_integral_numbers_are_one_label(tmp_path):
+    import json
+
+    from conftest import write_image
+
+    from ibdc_cli.data.manifest import read_manifest
+
+    rows = [
+        {"image": write_image(tmp_path / f"i{k}.png", seed=k).name, "label": label}
+        for k, label in enumerate([5, "5", 5.0, 3])
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read = read_manifest(path, ["image"])
+    assert read.class_names == ["3", "5"] and read.labels == [1, 1, 1, 0]
+
+
+def test_float16_store_condenses_like_its_float32_copy(tmp_path, cli):
+    """A float16 shard (another tool's store) is read as float32: a finite set, not NaN."""
+    from safetensors.torch import load_file
+
+    store = _store(tmp_path)
+    data = load_file(store / "shard-00000.safetensors")
+    _reshard(store, audio=data["audio"].half(), image=data["image"].half())
+    args, _ = _condense(tmp_path, store=store)
+    result = cli(*args)
+    assert result.code == 0, result
+    tensors, _ = load_synthetic_set(tmp_path / "s.safetensors")
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())

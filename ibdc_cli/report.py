@@ -206,8 +206,8 @@ def print_demo(result: dict[str, Any]) -> None:
     stdout.print(f"  {'condense':<22} wall time of `ibdc condense`")
     if result.get("plot"):
         stdout.print(
-            f"\npicture: {result['plot']}\n  per modality: real rows as dots and synthetic rows as big markers, "
-            f"coloured by class ({result.get('projection', 'pca')}), and the loss curves"
+            f"\npicture: {result['plot']}\n  per modality: real rows as dots and synthetic rows as see-through "
+            f"markers on top, coloured by class ({result.get('projection', 'pca')}), and the loss curves"
         )
     stdout.print(f"next: ibdc inspect {first['synthetic_set']}")
 

@@ -135,11 +135,6 @@ def test_default_projection_is_the_measured_one(digits):
         assert pyinspect.signature(function).parameters["projection"].default == visualize.DEFAULT_PROJECTION
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ibdc_cli/cli.py (not in this change) still defaults --projection to pca: set it to "
-    "visualize.DEFAULT_PROJECTION and remove this mark",
-)
 def test_cli_default_projection_is_the_measured_one():
     from ibdc_cli import cli
 

@@ -15,6 +15,9 @@ from ibdc_cli.bind import (
     augment_audio,
     bind_encoder,
     class_mean_cosines,
+    class_mean_nce,
+    class_means,
+    embed_clips,
     format_report,
     info_nce,
     one_clip_if_repeated,
@@ -199,6 +202,8 @@ def _foreign_checkpoint(path: Path) -> Path:
         ("checkpoint-of-another-preset", "made for preset 'imagebind_huge'"),
         ("existing-out", "exists; choose another --out or pass --overwrite"),
         ("label-positives-without-labels", "needs a 'label' column"),
+        ("class-means-without-labels", "--targets class-means needs a 'label' column"),
+        ("unknown-targets", "--targets pairs: choose one of rows, class-means"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
@@ -213,11 +218,13 @@ def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
         args += ["--checkpoint", _foreign_checkpoint(tmp_path / "huge.safetensors")]
     elif case == "existing-out":
         out.write_bytes(b"keep me")
-    elif case == "label-positives-without-labels":
+    elif case in ("label-positives-without-labels", "class-means-without-labels"):
         text = manifest.read_text().splitlines()
         unlabeled = [",".join(line.split(",")[:-1]) for line in text]
         manifest.write_text("\n".join(unlabeled) + "\n")
-        args.append("--label-positives")
+        args += ["--label-positives"] if case.startswith("label") else ["--targets", "class-means"]
+    elif case == "unknown-targets":
+        args += ["--targets", "pairs"]
     result = cli("bind", manifest, *args)
     assert result.code == 2, result
     assert expected in result.err and "Traceback" not in result.err
@@ -233,6 +240,23 @@ def test_info_nce_label_positives():
     swapped = x[[1, 0, 3, 2, 5, 4]]
     assert torch.allclose(info_nce(x, swapped, 0.1, labels), info_nce(x, x, 0.1, labels))
     assert info_nce(x, x, 0.1) < info_nce(x, swapped, 0.1)
+
+
+def test_class_mean_targets_are_cross_entropy_against_the_anchor_class_means():
+    generator = torch.Generator().manual_seed(0)
+    anchor = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator), dim=-1)
+    labels = torch.arange(30) % 3
+    means = class_means(anchor, labels, 4)  # class 3 has no rows: a zero row
+    assert torch.allclose(means[:3].norm(dim=-1), torch.ones(3)) and torch.equal(means[3], torch.zeros(8))
+    own = torch.nn.functional.normalize(anchor[labels == 1].mean(0), dim=-1)
+    assert torch.allclose(means[1], own, atol=1e-6)
+    # a bound row sitting on its class mean is the loss's optimum direction: lower loss than on another's
+    z_right, z_wrong = means[labels[:3]], means[(labels[:3] + 1) % 3]
+    assert class_mean_nce(z_right, means, labels[:3], 0.1) < class_mean_nce(z_wrong, means, labels[:3], 0.1)
+    logits = z_right @ means.T / 0.1
+    assert torch.allclose(
+        class_mean_nce(z_right, means, labels[:3], 0.1), torch.nn.functional.cross_entropy(logits, labels[:3])
+    )
 
 
 def test_class_mean_cosine_sees_aligned_classes_that_the_row_cosine_misses():
@@ -313,6 +337,9 @@ def test_equal_clips_embed_as_one():
     different = three.clone()
     different[0, 2] += 1
     assert one_clip_if_repeated(different, "audio") is different
+    # the held-out metrics embed per row: row 0 from its 3 clips, rows 1-3 from one, the same embeddings
+    with torch.no_grad():
+        assert torch.allclose(embed_clips(encoder, "audio", different), encoder.embed("audio", different), atol=1e-6)
 
 
 def test_augment_audio_varies_the_input_reproducibly():

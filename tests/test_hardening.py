@@ -424,10 +424,12 @@ def test_decompression_bomb_and_long_strip(tmp_path, cli, monkeypatch):
     from conftest import write_image, write_manifest
     from PIL import Image
 
-    from ibdc_cli.data.preprocess import load_image
+    from ibdc_cli.data.preprocess import load_image, load_map
 
     Image.fromarray(np.zeros((1, 10_000), np.uint8)).save(tmp_path / "strip.png")
     assert load_image(tmp_path / "strip.png").shape == (3, 224, 224)  # bounded: never 2.2 million pixels wide
+    np.save(tmp_path / "strip.npy", np.random.default_rng(0).random((1, 10_000)).astype(np.float32))
+    assert load_map(tmp_path / "strip.npy").shape == (1, 224, 224)  # depth/thermal maps alike
     write_image(tmp_path / "big.png", size=(300, 300))
     write_image(tmp_path / "ok.png", size=(30, 30))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300 x 300 is then a "bomb", as 14000 x 14000 is

@@ -140,18 +140,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _central_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central part of a `width` x `height` picture whose long side is at
+    most MAX_ASPECT times its short side (the whole picture when it already is)."""
+    keep = MAX_ASPECT * min(width, height)
+    left, top = max(width - keep, 0) // 2, max(height - keep, 0) // 2
+    return left, top, left + min(width, keep), top + min(height, keep)
+
+
 def _central_part(image: Image.Image) -> Image.Image:
     """`image`, or for a strip longer than MAX_ASPECT times its width, its central MAX_ASPECT:1 part."""
-    width, height = image.size
-    short = min(width, height)
-    if max(width, height) <= MAX_ASPECT * short:
-        return image
-    keep = MAX_ASPECT * short
-    if width > height:
-        left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
-    top = (height - keep) // 2
-    return image.crop((0, top, width, top + keep))
+    box = _central_box(*image.size)
+    return image if box == (0, 0, *image.size) else image.crop(box)
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -177,6 +177,8 @@ def load_map(path: str | Path) -> torch.Tensor:
         array = array / (65535.0 if array.max(initial=0) > 255 else 255.0)
     if array.ndim != 2 or array.size == 0:
         raise MediaError(f"{path}: expected a 2-D map, got shape {array.shape}")
+    left, top, right, bottom = _central_box(array.shape[1], array.shape[0])
+    array = array[top:bottom, left:right]  # a long strip: only its centre survives the crop anyway
     if not np.isfinite(array).all():
         raise MediaError(f"{path}: map contains NaN or Inf")
     return _map_transform(torch.from_numpy(np.ascontiguousarray(array))[None])

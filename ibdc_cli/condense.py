@@ -44,6 +44,7 @@ from ibdc_cli.runtime import (
     progress_bar,
     resolve_device,
     shared_error,
+    start_output_job,
 )
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import (
@@ -51,8 +52,6 @@ from ibdc_cli.store import (
     atomic_save_tensors,
     drop_damaged,
     open_store,
-    output_lock,
-    prepare_partial_dir,
     read_tensors,
     save_synthetic_set,
 )
@@ -283,16 +282,8 @@ def condense(
     with contextlib.ExitStack() as stack:
         job = {"store": store.fingerprint(), "config": asdict(config)}
         work = partial_dir(out)
+        start_output_job(stack, state, out, work, job, resume)
         error = None
-        if state.is_main_process:
-            try:
-                stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
-                prepare_partial_dir(work, job, resume)
-            except IbdcError as exc:
-                error = exc
-        error = shared_error(state, error)
-        if error is not None:
-            raise error
 
         space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
         classes = [c for c in range(len(class_names)) if per_class[c].numel()]

@@ -38,6 +38,7 @@ from ibdc_cli.runtime import (
     progress_bar,
     resolve_device,
     shared_error,
+    start_output_job,
 )
 from ibdc_cli.store import (
     INDEX_FILE,
@@ -47,8 +48,6 @@ from ibdc_cli.store import (
     atomic_write_json,
     drop_damaged,
     file_sha256,
-    output_lock,
-    prepare_partial_dir,
     read_tensors,
 )
 
@@ -183,16 +182,8 @@ def embed_manifest(
             "rows": rows,
         }
         work = partial_dir(out)
+        start_output_job(stack, state, out, work, job, resume)
         error = None
-        if state.is_main_process:
-            try:
-                stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
-                prepare_partial_dir(work, job, resume)
-            except IbdcError as exc:
-                error = exc
-        error = shared_error(state, error)
-        if error is not None:
-            raise error
 
         chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
         mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]

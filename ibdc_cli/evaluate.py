@@ -318,6 +318,21 @@ def evaluate(
             precision=precision,
         )
     class_names = list(meta["class_names"])
+
+    def score(features, labels, test_data, test_labels, seed: int) -> float:
+        """Accuracy (%) on the test rows of heads trained with `seed` on `features` and `labels`."""
+        heads = train_heads(
+            features,
+            labels,
+            len(class_names),
+            protocol=protocol,
+            schedule=schedule,
+            seed=seed,
+            device=torch_device,
+            precision=precision,
+        )
+        return 100.0 * fused_accuracy(heads, test_data, test_labels, precision)
+
     runs = []
     for path, tensors, set_meta in sets:
         _check_compatible(set_meta, test, modalities, path)
@@ -326,18 +341,8 @@ def evaluate(
         test_data, test_labels = _store_features(test, modalities, class_names, space_maps_of_set(tensors, modalities))
         syn_labels = tensors["labels"].long()
         for seed in range(seeds):
-            heads = train_heads(
-                features,
-                syn_labels,
-                len(class_names),
-                protocol=protocol,
-                schedule=schedule,
-                seed=seed,
-                device=torch_device,
-                precision=precision,
-            )
-            accuracy = fused_accuracy(heads, test_data, test_labels, precision)
-            runs.append({"set": str(path), "seed": seed, "value": 100.0 * accuracy})
+            accuracy = score(features, syn_labels, test_data, test_labels, seed)
+            runs.append({"set": str(path), "seed": seed, "value": accuracy})
     result: dict[str, Any] = {
         "protocol": protocol,
         "metric": "top-1 accuracy (%)",
@@ -358,19 +363,7 @@ def evaluate(
         train_data, train_labels = _store_features(train, modalities, class_names, space_maps)
         test_data, test_labels = _store_features(test, modalities, class_names, space_maps)
         log(f"training the same heads on the whole store {train.path} ({train_labels.numel()} rows)")
-        whole = []
-        for seed in range(seeds):
-            heads = train_heads(
-                train_data,
-                train_labels,
-                len(class_names),
-                protocol=protocol,
-                schedule=schedule,
-                seed=seed,
-                device=torch_device,
-                precision=precision,
-            )
-            whole.append(100.0 * fused_accuracy(heads, test_data, test_labels, precision))
+        whole = [score(train_data, train_labels, test_data, test_labels, seed) for seed in range(seeds)]
         result.update(whole_data_fields(result["mean"], whole))
     return result
 

@@ -42,16 +42,8 @@ def process_state(device: str = "auto"):
     """Accelerate's `PartialState` for `device` ("auto", "cpu", "cuda", "cuda:1", ...)."""
     from accelerate import PartialState
 
-    from ibdc_cli.errors import IbdcError
-
-    if device != "auto":
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise IbdcError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    single_device(device)  # a name torch knows, and CUDA only where there is some
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IbdcError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     return PartialState(cpu=cpu)
 
 
@@ -211,6 +203,25 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def start_output_job(stack: contextlib.ExitStack, state, out, work, job: dict, resume: bool) -> None:
+    """The main process takes the output lock of `out` (held until `stack` closes) and prepares the partial
+    directory `work` for `job`; an IbdcError there (another run holds `out`, a resume with other settings)
+    is raised on every process (`shared_error`), so no process starts the work."""
+    from ibdc_cli.errors import IbdcError
+    from ibdc_cli.store import output_lock, prepare_partial_dir
+
+    error = None
+    if state.is_main_process:
+        try:
+            stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
+            prepare_partial_dir(work, job, resume)
+        except IbdcError as exc:
+            error = exc
+    error = shared_error(state, error)
+    if error is not None:
+        raise error
 
 
 def shared_error(state, error: Exception | None) -> Exception | None:

@@ -290,6 +290,21 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(case, tmp_path, cli
 # lost work
 
 
+def interrupt_adam_at(monkeypatch, step: int):
+    """Make the `step`-th Adam step of the run raise KeyboardInterrupt (Ctrl-C); returns the real step."""
+    real_step = torch.optim.Adam.step
+    count = {"n": 0}
+
+    def step_then_die(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_die)
+    return real_step
+
+
 def test_resume_redoes_a_damaged_part_and_keeps_the_finished_ones(tmp_path, cli, monkeypatch):
     """A damaged class file under --resume is redone, the other finished classes are kept (not deleted),
     and the result equals an uninterrupted run."""
@@ -297,16 +312,7 @@ def test_resume_redoes_a_damaged_part_and_keeps_the_finished_ones(tmp_path, cli,
     args = ["condense", store, "-m", "audio,image", "--dpc", "2", "--iterations", "6", "--device", "cpu"]
     assert cli(*args, "--out", tmp_path / "whole.safetensors").code == 0
 
-    real_step = torch.optim.Adam.step
-    count = {"n": 0}
-
-    def step_then_die(self, *a, **k):
-        count["n"] += 1
-        if count["n"] == 15:  # in class 2: classes 0 and 1 are finished
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", step_then_die)
+    real_step = interrupt_adam_at(monkeypatch, 15)  # in class 2: classes 0 and 1 are finished
     out = tmp_path / "resumed.safetensors"
     assert cli(*args, "--out", out).code == 130
     monkeypatch.setattr(torch.optim.Adam, "step", real_step)
@@ -333,16 +339,7 @@ def test_resume_error_keeps_finished_work(tmp_path, cli, monkeypatch):
     """A resumed run that fails (bad job file) reports it and deletes nothing."""
     store = _store(tmp_path, classes=3)
     args = ["condense", store, "-m", "audio,image", "--dpc", "2", "--iterations", "6", "--device", "cpu"]
-    real_step = torch.optim.Adam.step
-    count = {"n": 0}
-
-    def step_then_die(self, *a, **k):
-        count["n"] += 1
-        if count["n"] == 9:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", step_then_die)
+    real_step = interrupt_adam_at(monkeypatch, 9)
     out = tmp_path / "s.safetensors"
     assert cli(*args, "--out", out).code == 130
     monkeypatch.setattr(torch.optim.Adam, "step", real_step)

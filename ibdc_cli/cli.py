@@ -765,6 +765,12 @@ def datasets_fsdd_mnist(
         str | None,
         typer.Option("--mirror", help="Download from this base URL (files by name) instead of GitHub and CVDF."),
     ] = None,
+    per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--per-class", help="At most this many recordings per digit and split (default: all): a small build."
+        ),
+    ] = None,
     overwrite: OverwriteBuildOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -784,6 +790,7 @@ def datasets_fsdd_mnist(
         seed=seed,
         overwrite=overwrite,
         mirror=mirror,
+        per_class=per_class,
     )
     if as_json:
         _print_json(summary)

@@ -73,6 +73,7 @@ SMALL = {
     "bind": {"--epochs": 1},
     "demo": {"--per-class": 3, "--seeds": 1, "--iterations": 2, "--dpc": 2},
     "datasets av-digits": {"--per-class": 5},
+    "datasets fsdd-mnist": {"--per-class": 6},
     "datasets spoken-numbers": {"--count": 20},
 }
 CAP_ONLY = {"--clusters"}  # lowered where given, never added

@@ -174,3 +174,20 @@ def test_download_checks_hashes_and_builds_what_the_local_copy_builds(tmp_path, 
 
     offline = cli("datasets", "fsdd-mnist", tmp_path / "offline", "--mirror", "http://127.0.0.1:9/")
     assert offline.code == 2 and "--source" in offline.err, offline
+
+
+def test_per_class_builds_a_small_subset_of_the_full_build(tmp_path, fsdd_source, fsdd_mnist, cli):
+    out = tmp_path / "small"
+    done = cli("datasets", "fsdd-mnist", out, "--source", fsdd_source, "--per-class", "3", "--json")
+    assert done.code == 0, done
+    summary = json.loads(done.out)
+    assert summary["counts"] == {"train": 30, "val": 30, "test": 30} and summary["params"]["per_class"] == 3
+    full = {split: {r["id"] for r in rows(Path(fsdd_mnist["manifests"][split]))} for split in SPLITS}
+    for split in SPLITS:
+        small = rows(out / f"{split}.csv")
+        assert {r["id"] for r in small} <= full[split], split  # the same speakers in the same splits
+        assert sorted(r["label"] for r in small) == sorted(list({r["label"] for r in small}) * 3)
+    train_speakers = {Path(r["audio"]).parent.name for r in rows(out / "train.csv")}
+    assert train_speakers == set(summary["speakers"]["train"]) and len(train_speakers) == 2  # both speakers
+    refused = cli("datasets", "fsdd-mnist", tmp_path / "none", "--source", fsdd_source, "--per-class", "0")
+    assert refused.code == 2 and "--per-class must be at least 1" in refused.err

@@ -131,16 +131,21 @@ def build_fsdd_mnist(
     seed: int = 0,
     overwrite: bool = False,
     mirror: str | None = None,
+    per_class: int | None = None,
 ) -> dict:
     """Build fsdd-mnist under `out_dir`; returns the summary also written to `dataset.json`.
 
     `source`: a local folder (see the module docstring); None downloads the pinned files (from `mirror`,
     a base URL under which the archive and the two MNIST files are found by their file names, instead of
-    GitHub and the CVDF MNIST mirror). Every other speaker of the source trains. A second call with the
+    GitHub and the CVDF MNIST mirror). Every other speaker of the source trains. `per_class` keeps at most
+    that many recordings of each digit in each split (takes in order, the split's speakers in turn): a
+    small build to try things on. A second call with the
     same arguments returns the existing summary; a folder holding another build is refused unless
     `overwrite`.
     """
     out_dir = Path(out_dir)
+    if per_class is not None and per_class < 1:
+        raise IbdcError(f"--per-class must be at least 1, not {per_class}")
     if test_speaker == val_speaker:
         raise IbdcError(f"--test-speaker and --val-speaker are both {test_speaker!r}; the splits must not share one")
     pinned = pinned_recordings()
@@ -159,6 +164,8 @@ def build_fsdd_mnist(
         "val_speaker": val_speaker,
         "source_sha256": source_fingerprint(hashes),
     }
+    if per_class is not None:  # recorded only when set, so full builds keep their identity
+        params["per_class"] = per_class
     speakers = sorted({name.split("_")[1] for name in hashes})
     for option, speaker in (("--test-speaker", test_speaker), ("--val-speaker", val_speaker)):
         if speaker not in speakers:
@@ -183,6 +190,8 @@ def build_fsdd_mnist(
     by_split: dict[str, list[Recording]] = {split: [] for split in SPLITS}
     for rec in sorted(recordings, key=lambda r: (r.digit, r.speaker, r.take)):
         by_split[split_of.get(rec.speaker, "train")].append(rec)
+    if per_class is not None:
+        by_split = {split: _first_per_digit(recs, per_class) for split, recs in by_split.items()}
     ranges = _image_ranges({split: len(recs) for split, recs in by_split.items()})
 
     rows: dict[str, list[dict[str, str]]] = {split: [] for split in SPLITS}
@@ -234,6 +243,15 @@ def build_fsdd_mnist(
 
 
 # ----------------------------------------------------------------------------------------------- splits
+
+
+def _first_per_digit(recordings: list[Recording], per_class: int) -> list[Recording]:
+    """At most `per_class` of `recordings` per digit: take 0 of every speaker, then take 1, ... (the order kept)."""
+    kept = []
+    for digit in sorted({r.digit for r in recordings}):
+        mine = sorted((r for r in recordings if r.digit == digit), key=lambda r: (r.take, r.speaker))
+        kept += sorted(mine[:per_class], key=lambda r: (r.speaker, r.take))
+    return kept
 
 
 def _image_ranges(counts: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -27,6 +27,7 @@ one tower on a few thousand rows does not need data parallelism.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -102,6 +103,7 @@ def bind_encoder(
     targets: str = "rows",
     anchor_map: str = "whiten",
     augment: bool = True,
+    ema: float = 0.0,
     val_manifest: str | Path | None = None,
     val_fraction: float = 0.1,
     workers: int = 2,
@@ -131,6 +133,7 @@ def bind_encoder(
         "targets": targets,
         "anchor_map": anchor_map,
         "augment": augment,
+        "ema": ema,
         "val_fraction": 0.0 if val_manifest is not None else val_fraction,
         "seed": seed,
     }
@@ -308,6 +311,8 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError(f"--targets {settings['targets']}: choose one of {', '.join(TARGETS)}")
     if settings["anchor_map"] not in SPACE_MAPS:
         raise IbdcError(f"--anchor-map {settings['anchor_map']}: choose one of {', '.join(SPACE_MAPS)}")
+    if not 0 <= settings["ema"] < 1:
+        raise IbdcError(f"--ema must be in [0, 1) (0: off), not {settings['ema']}")
     if not 0 <= settings["val_fraction"] < 1:
         raise IbdcError(f"--val-fraction must be in [0, 1), not {settings['val_fraction']}")
 
@@ -487,6 +492,32 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], lr: float, weight_deca
     return torch.optim.AdamW(groups, lr=lr), decay + no_decay
 
 
+def update_average(average: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float) -> None:
+    """One step of the exponential moving average of the weights (`--ema`): average <- decay * average +
+    (1 - decay) * weights."""
+    with torch.no_grad():
+        for name, p in params.items():
+            average[name].lerp_(p.detach(), 1.0 - decay)
+
+
+@contextlib.contextmanager
+def averaged_weights(params: dict[str, torch.nn.Parameter], average: dict[str, torch.Tensor] | None):
+    """Within the block the parameters hold the moving average (nothing changes when `average` is None)."""
+    if average is None:
+        yield
+        return
+    with torch.no_grad():
+        current = {n: p.detach().clone() for n, p in params.items()}
+        for n, p in params.items():
+            p.copy_(average[n])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(current[n])
+
+
 def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warm-up from 0 to `peak` over `warmup` steps, then cosine decay to 0 at step `total`."""
     if step < warmup:
@@ -630,9 +661,10 @@ def train_towers(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings["seed"])
         state_file = work / "state.safetensors"
+        average = {n: p.detach().clone() for n, p in params.items()} if settings["ema"] else None
         if resuming:
             start, history, val_history, before, earlier = load_state(
-                state_file, params, optimizer, order, shuffle, device
+                state_file, params, optimizer, order, shuffle, device, average
             )
         else:
             start, history, val_history, before, earlier = 0, [], [], evaluate(), 0.0
@@ -662,11 +694,14 @@ def train_towers(
                     if loss.requires_grad:
                         loss.backward()
                         optimizer.step()
+                        if average is not None:
+                            update_average(average, params, settings["ema"])
                     losses.append(float(loss.detach()))
                     advance(1, loss=f"{losses[-1]:.4f}")
                     tracking.log({"loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]}, step=step)
                 history.append(round(sum(losses) / len(losses), 6))
-                val_history.append(epoch_metrics(evaluate()))
+                with averaged_weights(params, average):  # the weights that would be saved
+                    val_history.append(epoch_metrics(evaluate()))
                 tracking.log(
                     {
                         "epoch/loss": history[-1],
@@ -688,7 +723,12 @@ def train_towers(
                     before,
                     elapsed,
                     device,
+                    average,
                 )
+        if average is not None:  # the encoder keeps the averaged weights
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(average[n])
         model.eval()
         model.requires_grad_(False)
     return {"before": before, "history": history, "val_history": val_history, "earlier_seconds": earlier}
@@ -719,8 +759,11 @@ def epoch_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, f
 # the per-epoch state in .OUT.partial/: safetensors only (trainable parameters, AdamW state, RNG states)
 
 
-def save_state(path, params, optimizer, order, shuffle, epoch, history, val_history, before, seconds, device) -> None:
+def save_state(
+    path, params, optimizer, order, shuffle, epoch, history, val_history, before, seconds, device, average=None
+) -> None:
     tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
+    tensors.update({f"ema.{n}": v.detach().cpu() for n, v in (average or {}).items()})
     for i, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"adamw.{order[i]}.{key}"] = torch.as_tensor(value).detach().cpu()
@@ -738,11 +781,15 @@ def save_state(path, params, optimizer, order, shuffle, epoch, history, val_hist
     atomic_save_tensors(path, tensors, metadata=metadata)
 
 
-def load_state(path, params, optimizer, order, shuffle, device) -> tuple[int, list[float], list[dict], dict, float]:
+def load_state(
+    path, params, optimizer, order, shuffle, device, average=None
+) -> tuple[int, list[float], list[dict], dict, float]:
     tensors, metadata = read_tensors(path, "bind checkpoint")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param.{n}"])
+        for n, v in (average or {}).items():
+            v.copy_(tensors[f"ema.{n}"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for i, n in enumerate(order):
         prefix = f"adamw.{n}."

@@ -530,6 +530,14 @@ def bind(
             help="Randomly vary the trained audio tower's inputs (a delay, a mel shift and a gain).",
         ),
     ] = True,
+    ema: Annotated[
+        float,
+        typer.Option(
+            "--ema",
+            help="Decay of an exponential moving average of the trained weights, kept and saved instead of "
+            "the last step's (0: off).",
+        ),
+    ] = 0.0,
     val_manifest: Annotated[
         Path | None,
         typer.Option(
@@ -577,6 +585,7 @@ def bind(
         targets=targets,
         anchor_map=anchor_map,
         augment=augment,
+        ema=ema,
         val_manifest=val_manifest,
         val_fraction=val_fraction,
         workers=workers,

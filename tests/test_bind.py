@@ -147,10 +147,12 @@ def test_cli_prints_before_after_table_and_json(tmp_path, cli):
     assert not partial_dir(out).exists()
 
 
-def test_resume_after_interruption_gives_the_same_checkpoint(tmp_path, cli, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.5"]], ids=["plain", "ema"])
+def test_resume_after_interruption_gives_the_same_checkpoint(extra, tmp_path, cli, monkeypatch):
     manifest = _pairs(tmp_path / "data")
     whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
-    assert cli("bind", manifest, "-m", "image,audio", "--out", whole, *FAST).code == 0
+    fast = [*FAST, *extra]
+    assert cli("bind", manifest, "-m", "image,audio", "--out", whole, *fast).code == 0
 
     original = bind_module.save_state
 
@@ -159,11 +161,11 @@ def test_resume_after_interruption_gives_the_same_checkpoint(tmp_path, cli, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bind_module, "save_state", save_then_interrupt)
-    stopped = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *FAST)
+    stopped = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *fast)
     assert stopped.code == 130 and "--resume" in stopped.err
     assert not resumed.exists() and (partial_dir(resumed) / "state.safetensors").exists()
     monkeypatch.setattr(bind_module, "save_state", original)
-    done = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *FAST, "--resume")
+    done = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *fast, "--resume")
     assert done.code == 0, done
     a, meta_a = read_tensors(whole)
     b, meta_b = read_tensors(resumed)
@@ -357,3 +359,29 @@ def test_augment_audio_varies_the_input_reproducibly():
     bound = bind_module.AUDIO_GAIN + bind_module.AUDIO_MEL_SHIFT * step + 1e-6
     assert (a - x).abs().max() <= bound  # a variant of the input, not noise
     assert torch.allclose(a[..., :1], a[..., 100:101])  # still steady in time
+
+
+def test_moving_average_of_weights_is_what_is_saved(tmp_path, cli, monkeypatch):
+    """--ema: the checkpoint holds the averaged weights, not the last step's; the same run twice, the same file."""
+    manifest = _pairs(tmp_path / "data")
+    args = ["-m", "image,audio", "--ema", "0.5", *FAST, "--epochs", "3", "--label-positives"]
+    plain = cli("bind", manifest, *args, "--out", tmp_path / "ema.safetensors")
+    assert plain.code == 0, plain
+    steps = []
+    real_update = bind_module.update_average
+
+    def spy(average, params, decay):
+        real_update(average, params, decay)
+        steps.append({n: (average[n].clone(), p.detach().clone()) for n, p in params.items()})
+
+    monkeypatch.setattr(bind_module, "update_average", spy)
+    again = cli("bind", manifest, *args, "--out", tmp_path / "again.safetensors")
+    assert again.code == 0, again
+    state, metadata = read_tensors(tmp_path / "again.safetensors")
+    last_average = {n: a for n, (a, _) in steps[-1].items()}
+    last_weights = {n: w for n, (_, w) in steps[-1].items()}
+    assert all(torch.equal(state[n], a) for n, a in last_average.items())
+    assert any(not torch.equal(state[n], w) for n, w in last_weights.items())  # not the last step's weights
+    assert json.loads(metadata["ibdc"])["settings"]["ema"] == 0.5
+    assert state.keys() == read_tensors(tmp_path / "ema.safetensors")[0].keys()
+    assert all(torch.equal(v, read_tensors(tmp_path / "ema.safetensors")[0][k]) for k, v in state.items())

@@ -511,13 +511,25 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_into(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """`target` updated with `source`, nested dicts merged key by key (rows of one part measured by two runs,
+    say for two sets of --methods, are kept side by side); returns `target`."""
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_into(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from several runs of this script (e.g. the select and the methods part, or encoders)."""
+    """One report from several runs of this script (e.g. the select and the methods part, encoders, or one part
+    run for two sets of --methods in two processes)."""
     merged = dict(reports[0])
     merged["encoders"] = {}
     for report in reports:
         for encoder, parts in report["encoders"].items():
-            merged["encoders"].setdefault(encoder, {}).update(parts)
+            merge_into(merged["encoders"].setdefault(encoder, {}), json.loads(json.dumps(parts)))
         if "retrieval" in report:
             merged["retrieval"] = report["retrieval"]
     encoders = merged["encoders"]  # the random-init encoder first, whatever the order of the files
@@ -545,7 +557,9 @@ def main() -> None:
     parser.add_argument("--encoders", default="random", help="random, bound, or both (comma-separated)")
     parser.add_argument("--bound-checkpoint", help="a checkpoint from `ibdc bind` for --encoders bound")
     parser.add_argument("--source", help="the fsdd-mnist source folder (default ../shared/data/fsdd-mnist)")
-    parser.add_argument("--selection", type=Path, help="a JSON report with the select part (else it runs here)")
+    parser.add_argument(
+        "--selection", type=Path, nargs="+", help="JSON reports with the select part, merged (else it runs here)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="condensation seeds of the test tables")
     parser.add_argument("--select-seeds", type=int, default=2, help="condensation seeds of each val score")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="condensation seeds of each ablation cell")
@@ -643,7 +657,8 @@ def main() -> None:
                 select_part(train, val, work, args, schedule, entry.setdefault("select", {}), save)
             selection = entry.get("select")
             if selection is None and args.selection:
-                selection = json.loads(args.selection.read_text())["encoders"][encoder]["select"]
+                selection = merge_reports([json.loads(p.read_text()) for p in args.selection])["encoders"][encoder]
+                selection = selection["select"]
             if "ablation" in parts:
                 best = selection["best"]["imagebinddc"] if selection else None
                 ablation_part(train, val, work, args, schedule, entry.setdefault("ablation", {}), save, best)

@@ -162,3 +162,24 @@ def test_store_verify_measures_hash_and_read(tmp_path):
     report = json.loads(out.read_text())
     assert report["shards"] == 3 and report["hash_s"] > 0 and report["read_s"] > 0
     assert report["load_s"] == pytest.approx(report["hash_s"] + report["read_s"], abs=2e-3)
+
+
+def test_reports_of_one_part_run_for_two_method_sets_merge_row_by_row(monkeypatch):
+    """paper_table's --render / --selection: the select part run as two processes (--methods a / --methods b)
+    merges into one part holding both methods' rows and choices."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import paper_table
+
+    def report(method, value):
+        select = {
+            "split": "val",
+            "rows": {method: {"whiten": {"1": {"mean": value}}}},
+            "best": {method: {"1": "whiten"}},
+        }
+        return {"command": f"run {method}", "minutes": 1.0, "seeds": 2, "encoders": {"bound": {"select": select}}}
+
+    merged = paper_table.merge_reports([report("dm", 70.0), report("random", 40.0)])
+    select = merged["encoders"]["bound"]["select"]
+    assert set(select["rows"]) == set(select["best"]) == {"dm", "random"}
+    assert select["rows"]["dm"]["whiten"]["1"]["mean"] == 70.0 and merged["minutes"] == 2.0
+    assert merged["command"] == "run dm; run random"

@@ -10,7 +10,8 @@ encoder bound with `ibdc bind` (`--encoders bound --bound-checkpoint FILE`). Par
   highest val mean. Then the imagebinddc ablation (loss terms and forms, σ, K, bank, iterations, lr) at
   `--ablation-dpcs`, also on val.
 - `methods` (**test split, once**): random, herding, kcenter, dm, avdd, imagebinddc (defaults) and
-  imagebinddc `--preset paper` (in embedding space with lr 0.1, `--paper-iterations` steps) × DPC 1, 10, 20, each
+  imagebinddc `--preset paper` (in embedding space with lr 0.1, `--paper-iterations` steps; run whenever
+  `--methods` has imagebinddc) × DPC 1, 10, 20, each
   baseline under the space map `select` chose for it on val, mean ± std over `--seeds` condensation
   seeds (each set evaluated once with the linear protocol's fixed schedule), each cell with its share of
   the whole-data accuracy (whole data under its own best space map on val), wall time and peak memory
@@ -28,6 +29,9 @@ Every number in the JSON and the rendered tables says its split. Run from the re
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_table.py --parts methods,input \
         --selection $R/fsdd_select.json --json $R/fsdd_test.json
     .venv/bin/python benchmarks/paper_table.py --render $R/fsdd_select.json $R/fsdd_test.json --write-docs
+
+A part can run as two processes on two cores, each with its own `--methods` and `--json`; `--render` and
+`--selection` merge such reports row by row.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_table.py --quick     # smoke run, a few minutes
 """
 
@@ -288,7 +292,7 @@ def ablation_part(train: Path, val: Path, work: Path, args, schedule, part, save
 def methods_part(train: Path, test: Path, work: Path, args, schedule, selection, part, save) -> dict[str, Any]:
     """The published table, on test: each method under the space map chosen for it on val."""
     part.update(split="test", seeds=args.seeds)
-    for method in [*args.methods, PAPER]:
+    for method in [*args.methods, *([PAPER] if "imagebinddc" in args.methods else [])]:  # the preset with its method
         for dpc in args.dpcs:
             space_map = PAPER_SPACE_MAP if method == PAPER else at(selection["best"][method], dpc)
 

@@ -184,3 +184,14 @@ def test_reports_of_one_part_run_for_two_method_sets_merge_row_by_row(monkeypatc
     assert set(select["rows"]) == set(select["best"]) == {"dm", "random"}
     assert select["rows"]["dm"]["whiten"]["1"]["mean"] == 70.0 and merged["minutes"] == 2.0
     assert merged["command"] == "run dm; run random"
+
+
+def test_whole_by_modality_fuses_the_heads_it_scores_alone(digits, monkeypatch):
+    """benchmarks/whole_by_modality.py: one modality's fused score is its own; two give a fused score too."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import whole_by_modality
+
+    alone = whole_by_modality.by_modality(digits["train"], digits["test"], ["image"], "whiten")
+    assert alone["fused"] == alone["image"] and 0 <= alone["image"] <= 100
+    both = whole_by_modality.by_modality(digits["train"], digits["test"], ["image", "audio"], "whiten")
+    assert both["image"] == alone["image"] and set(both) == {"image", "audio", "fused"}

@@ -38,6 +38,7 @@ A part can run as two processes on two cores, each with its own `--methods` and 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import multiprocessing
@@ -533,7 +534,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     merged["encoders"] = {}
     for report in reports:
         for encoder, parts in report["encoders"].items():
-            merge_into(merged["encoders"].setdefault(encoder, {}), json.loads(json.dumps(parts)))
+            merge_into(merged["encoders"].setdefault(encoder, {}), copy.deepcopy(parts))
         if "retrieval" in report:
             merged["retrieval"] = report["retrieval"]
     encoders = merged["encoders"]  # the random-init encoder first, whatever the order of the files
@@ -661,8 +662,8 @@ def main() -> None:
                 select_part(train, val, work, args, schedule, entry.setdefault("select", {}), save)
             selection = entry.get("select")
             if selection is None and args.selection:
-                selection = merge_reports([json.loads(p.read_text()) for p in args.selection])["encoders"][encoder]
-                selection = selection["select"]
+                reports = [json.loads(path.read_text()) for path in args.selection]
+                selection = merge_reports(reports)["encoders"][encoder]["select"]
             if "ablation" in parts:
                 best = selection["best"]["imagebinddc"] if selection else None
                 ablation_part(train, val, work, args, schedule, entry.setdefault("ablation", {}), save, best)

@@ -20,17 +20,20 @@ from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import open_store
 
 
-def by_modality(train: Path, target: Path, modalities: list[str], space_map: str, seed: int = 0) -> dict[str, float]:
-    """Accuracy (%) on `target` of linear heads trained on the whole of `train` (one per modality, the
-    fixed schedule of `ibdc evaluate`), each alone and fused; the space map is fitted on `train`."""
+def load_pair(train: Path, target: Path, modalities: list[str]) -> tuple[dict, dict, int]:
+    """The embeddings and labels of two stores of one encoder (read once), and their number of classes."""
     train_store, target_store = open_store(train), open_store(target)
     if train_store.class_names != target_store.class_names:
         raise SystemExit(f"{train} and {target} have different classes")
-    data, held = train_store.load(modalities), target_store.load(modalities)
+    return train_store.load(modalities), target_store.load(modalities), len(train_store.class_names)
+
+
+def by_modality(data: dict, held: dict, classes: int, modalities: list[str], space_map: str, seed: int = 0):
+    """Accuracy (%) on `held` (`load_pair`) of linear heads trained on the whole of `data` (one per modality, the
+    fixed schedule of `ibdc evaluate`), each alone and fused; the space map is fitted on `data`."""
     maps = {m: fit_space_map(data[m], space_map) for m in modalities}
     features = {m: map_embeddings(data[m], maps[m]) for m in modalities}
     targets = {m: map_embeddings(held[m], maps[m]) for m in modalities}
-    classes = len(train_store.class_names)
     heads = train_heads(features, data["labels"], classes, protocol="linear", schedule=HeadSchedule(), seed=seed)
     result = {m: 100 * fused_accuracy({m: heads[m]}, targets, held["labels"]) for m in modalities}
     result["fused"] = 100 * fused_accuracy(heads, targets, held["labels"])
@@ -52,11 +55,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     modalities = [m for m in args.modalities.split(",") if m]
+    data, held, classes = load_pair(args.train, args.target, modalities)
     rows = []
     print(f"| space map | {' | '.join(modalities)} | fused |")
     print(f"|---|{'---|' * (len(modalities) + 1)}")
     for space_map in [s for s in args.space_maps.split(",") if s]:
-        result = by_modality(args.train, args.target, modalities, space_map, args.seed)
+        result = by_modality(data, held, classes, modalities, space_map, args.seed)
         rows.append({"space_map": space_map, **result})
         print(f"| {space_map} | {' | '.join(f'{result[m]:.1f}' for m in [*modalities, 'fused'])} |", flush=True)
     if args.json:

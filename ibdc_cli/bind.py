@@ -492,6 +492,13 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], lr: float, weight_deca
     return torch.optim.AdamW(groups, lr=lr), decay + no_decay
 
 
+def copy_weights(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
+    """Copy `values` (by name) into the parameters, outside autograd."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(values[name])
+
+
 def update_average(average: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float) -> None:
     """One step of the exponential moving average of the weights (`--ema`): average <- decay * average +
     (1 - decay) * weights."""
@@ -506,16 +513,12 @@ def averaged_weights(params: dict[str, torch.nn.Parameter], average: dict[str, t
     if average is None:
         yield
         return
-    with torch.no_grad():
-        current = {n: p.detach().clone() for n, p in params.items()}
-        for n, p in params.items():
-            p.copy_(average[n])
+    current = {n: p.detach().clone() for n, p in params.items()}
+    copy_weights(params, average)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(current[n])
+        copy_weights(params, current)
 
 
 def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
@@ -726,9 +729,7 @@ def train_towers(
                     average,
                 )
         if average is not None:  # the encoder keeps the averaged weights
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(average[n])
+            copy_weights(params, average)
         model.eval()
         model.requires_grad_(False)
     return {"before": before, "history": history, "val_history": val_history, "earlier_seconds": earlier}
@@ -785,11 +786,9 @@ def load_state(
     path, params, optimizer, order, shuffle, device, average=None
 ) -> tuple[int, list[float], list[dict], dict, float]:
     tensors, metadata = read_tensors(path, "bind checkpoint")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"param.{n}"])
-        for n, v in (average or {}).items():
-            v.copy_(tensors[f"ema.{n}"])
+    copy_weights(params, {n: tensors[f"param.{n}"] for n in params})
+    for n, v in (average or {}).items():
+        v.copy_(tensors[f"ema.{n}"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for i, n in enumerate(order):
         prefix = f"adamw.{n}."

@@ -191,7 +191,8 @@ def test_whole_by_modality_fuses_the_heads_it_scores_alone(digits, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import whole_by_modality
 
-    alone = whole_by_modality.by_modality(digits["train"], digits["test"], ["image"], "whiten")
+    data, held, classes = whole_by_modality.load_pair(digits["train"], digits["test"], ["image", "audio"])
+    alone = whole_by_modality.by_modality(data, held, classes, ["image"], "whiten")
     assert alone["fused"] == alone["image"] and 0 <= alone["image"] <= 100
-    both = whole_by_modality.by_modality(digits["train"], digits["test"], ["image", "audio"], "whiten")
+    both = whole_by_modality.by_modality(data, held, classes, ["image", "audio"], "whiten")
     assert both["image"] == alone["image"] and set(both) == {"image", "audio", "fused"}

@@ -6,19 +6,22 @@ failure, 130 interrupted (the job can be resumed with --resume).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import sys
 import traceback
+from inspect import Parameter, Signature
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ibdc_cli import __version__
+from ibdc_cli import __version__, config
+from ibdc_cli.config import BindConfig, CondenseConfig, EmbedConfig, EvaluateConfig
+from ibdc_cli.console import set_quiet, stderr
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import set_quiet, stderr
 
 app = typer.Typer(
     name="ibdc",
@@ -59,54 +62,22 @@ def _root(
     set_quiet(quiet)
 
 
-# Options shared by several commands, so that names and help stay the same everywhere.
-ModalitiesOpt = Annotated[
-    str,
-    typer.Option(
-        "--modalities",
-        "-m",
-        help="Comma-separated modalities, e.g. image,audio (of image, audio, text, depth, thermal; 'vision' = image).",
-    ),
-]
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="Encoder preset: imagebind_tiny (small, random-init) or "
-        "imagebind_huge (needs --checkpoint or --random-init).",
-    ),
-]
-CheckpointOpt = Annotated[
+# Options every recipe command has besides its config's fields: declared once here.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--checkpoint",
-        help="Encoder weights (.pth state dict as Meta publishes it, or an "
-        "`ibdc bind` .safetensors); default $IBDC_CHECKPOINT.",
+        "--config",
+        help="Read options from a TOML, YAML or JSON file, or the config recorded in a synthetic set or bind "
+        "checkpoint (.safetensors); options on the command line override it.",
+        metavar="FILE",
     ),
 ]
-RandomInitOpt = Annotated[
-    bool,
-    typer.Option("--random-init", help="Allow random weights for imagebind_huge (as the paper does for NYU-v2)."),
+PrintConfigOpt = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved options as TOML and exit without running.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="fp32, bf16 or fp16: the model's forward passes under autocast.")
-]
-LogWithOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--log-with",
-        help="Experiment tracking (off by default): csv, tensorboard or wandb, comma-separated; loss terms and "
-        "step times per step.",
-    ),
-]
-LogDirOpt = Annotated[
-    Path | None, typer.Option("--log-dir", help="Where --log-with writes (default: OUT-logs/ beside --out).")
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option("--device", help="auto, cpu, cuda or cuda:N (under accelerate/torchrun: each process's own device)."),
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help=EmbedConfig.field_named("checkpoint").metadata["help"])
 ]
 
 
@@ -114,53 +85,114 @@ def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-@app.command(no_args_is_help=True)
-def embed(
-    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest: a column per modality, label, optional id.")],
-    modalities: ModalitiesOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory to create.")],
-    model: ModelOpt = "imagebind_tiny",
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of a random-init encoder's weights.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 32,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted embed of the same job.")] = False,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip rows whose media cannot be read, and list them.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out.")] = False,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per resumable chunk.")] = 1024,
-    as_json: JsonOpt = False,
-) -> None:
+def _rest(config_value: config.Config, *skip: str) -> dict:
+    return {f.name: getattr(config_value, f.name) for f in dataclasses.fields(config_value) if f.name not in skip}
+
+
+def _typer_parameter(f: dataclasses.Field, cls: type[config.Config]) -> Parameter:
+    """The Typer parameter of one config field: its flag, help, default and (for Literal fields) choices."""
+    meta = f.metadata
+    choices = config.choices_of(f, cls)
+    want = config.base_type(f, cls)
+    default = config._default_of(f)
+    required = default is dataclasses.MISSING
+    if meta["comma_list"] and not meta["argument"]:  # a list written a,b
+        kind = str if required or default else str | None
+        default = ",".join(default) or None if isinstance(default, list) else default
+    elif want is list:  # a list argument: evaluate's sets
+        kind = list[str]
+    else:
+        kind = want | None if default is None else want
+    extra: dict = {"help": meta["help"], "hidden": meta["hidden"]}
+    if choices:
+        extra["metavar"] = "[" + "|".join(choices) + "]"
+        extra["autocompletion"] = _completer(choices)
+    elif meta["metavar"]:
+        extra["metavar"] = meta["metavar"]
+    if meta["argument"]:
+        extra["metavar"] = f.name.upper()
+        info = typer.Argument(show_default=not required and default is not None, **extra)
+    else:
+        names = [config.flag_of(f)]
+        if meta["negative"]:
+            names = [f"{names[0]}/--no-{names[0].removeprefix('--')}"]
+        if meta["short"]:
+            names.append(meta["short"])
+        info = typer.Option(*names, **extra)
+    return Parameter(
+        f.name,
+        Parameter.KEYWORD_ONLY,
+        annotation=Annotated[kind, info],
+        default=Parameter.empty if required else default,
+    )
+
+
+def _completer(choices: tuple[str, ...]):
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
+
+    return complete
+
+
+def recipe_command(cls: type[config.Config], **command_options):
+    """Register `run(config, as_json)` as `ibdc COMMAND`, with one option per field of `cls` plus --config,
+    --print-config and --json. The options given on the command line override --config FILE, which
+    overrides the preset (condense) and the defaults."""
+
+    def register(run):
+        params = [Parameter("ctx", Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        params += [_typer_parameter(f, cls) for f in dataclasses.fields(cls)]
+        params += [
+            Parameter(name, Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, annotation, default in (
+                ("config_file", ConfigOpt, None),
+                ("print_config", PrintConfigOpt, False),
+                ("as_json", JsonOpt, False),
+            )
+        ]
+
+        def command(ctx: typer.Context, **values):
+            config_file, print_config, as_json = (values.pop(k) for k in ("config_file", "print_config", "as_json"))
+            # By name: Typer ships its own copy of click, whose ParameterSource is not click.core's.
+            given = {k: v for k, v in values.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+            for f in dataclasses.fields(cls):
+                if f.metadata["comma_list"] and isinstance(given.get(f.name), str):
+                    given[f.name] = [v.strip() for v in given[f.name].split(",") if v.strip()]
+                if isinstance(given.get(f.name), Path):
+                    given[f.name] = str(given[f.name])
+            from_file = config.read_config_file(config_file, cls) if config_file is not None else {}
+            resolved = config.resolve(cls, from_file, given)
+            if "modalities" in given or "modalities" in from_file:
+                from ibdc_cli.data.manifest import parse_modalities
+
+                resolved = dataclasses.replace(resolved, modalities=parse_modalities(resolved.modalities))
+            if print_config:
+                sys.stdout.write(config.dump_toml(resolved.to_dict()))
+                return
+            run(resolved, as_json)
+
+        command.__signature__ = Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__ = run.__name__
+        command.__doc__ = run.__doc__
+        app.command(cls.COMMAND, **command_options)(command)
+        return run
+
+    return register
+
+
+@recipe_command(EmbedConfig, no_args_is_help=True)
+def embed(config: EmbedConfig, as_json: bool) -> None:
     """Embed a manifest with a frozen ImageBind encoder into an embedding store.
 
     Example: ibdc embed data/train.csv --modalities image,audio --model imagebind_tiny --out stores/train
     """
-    from ibdc_cli.data.manifest import parse_modalities
     from ibdc_cli.embed import embed_manifest
-
-    result = embed_manifest(
-        manifest,
-        parse_modalities(modalities),
-        out,
-        model=model,
-        checkpoint=checkpoint,
-        random_init=random_init,
-        seed=seed,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        resume=resume,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        chunk_rows=chunk_rows,
-    )
     from ibdc_cli.runtime import distributed_env
 
+    result = embed_manifest(
+        config.manifest, config.modalities, config.out, **_rest(config, "manifest", "modalities", "out")
+    )
     if distributed_env() and int(os.environ.get("RANK", "0")) != 0:
         return
     summary = {
@@ -178,196 +210,23 @@ def embed(
     print(f"wrote {result.store} ({result.rows} rows, {len(result.skipped)} skipped, {result.seconds:.1f} s)")
 
 
-@app.command()
-def condense(
-    ctx: typer.Context,
-    store: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Embedding store (from `ibdc embed`); default $IBDC_STORE, else the built-in demo store "
-            "(av-digits, built and embedded on first use: a few minutes, needs espeak-ng)."
-        ),
-    ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="default (ibdc's measured defaults, also when omitted) or paper (the paper's configuration: input "
-            "space, its cross/joint terms, Eq. 3, fresh frequencies, no space map; docs/method.md lists it). "
-            "Options given on the command line override the preset.",
-        ),
-    ] = None,
-    modalities: ModalitiesOpt = "image,audio",
-    dpc: Annotated[int, typer.Option("--dpc", help="Synthetic data points per class.")] = 20,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Synthetic set to write (.safetensors); default syn.safetensors.")
-    ] = None,
-    method: Annotated[
-        str, typer.Option("--method", help="imagebinddc (default), dm, avdd, or a selection: random, herding, kcenter.")
-    ] = "imagebinddc",
-    space: Annotated[
-        str,
-        typer.Option("--space", help="embedding: optimise vectors in the joint space; input: optimise model inputs."),
-    ] = "embedding",
-    iterations: Annotated[int, typer.Option("--iterations", help="Optimisation steps per class.")] = 150,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Learning rate (default 0.05 in embedding space, 0.01 for inputs).")
-    ] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd (momentum 0.5).")] = "adam",
-    real_batch: Annotated[int, typer.Option("--real-batch", help="Real rows of a class per step (0 = all).")] = 256,
-    num_freqs: Annotated[int, typer.Option("--num-freqs", help="Frequencies K of the characteristic function.")] = 4096,
-    sigma: Annotated[float, typer.Option("--sigma", help="Frequencies are drawn from N(0, sigma^2 I).")] = 1.0,
-    cf_reduction: Annotated[
-        str,
-        typer.Option(
-            "--cf-reduction", help="ncfm: mean sqrt(a*amp+b*phase) (authors' code); eq3: mean(a*amp+b*phase)."
-        ),
-    ] = "eq3",
-    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the CF amplitude term.")] = 0.5,
-    beta: Annotated[float, typer.Option("--beta", help="Weight of the CF phase term.")] = 0.5,
-    lambda_uni: Annotated[float, typer.Option("--lambda-uni", help="Weight of the uni-modal term.")] = 1.0,
-    lambda_cross: Annotated[
-        float, typer.Option("--lambda-cross", help="Weight of the cross-modal term (avdd: of implicit cross matching).")
-    ] = 1.0,
-    lambda_joint: Annotated[
-        float,
-        typer.Option("--lambda-joint", help="Weight of the joint-modal term (avdd: of cross-modal gap matching)."),
-    ] = 1.0,
-    cross_form: Annotated[
-        str,
-        typer.Option("--cross-form", help="none (default: the paper form measurably hurt), paper (Eq. 8-11), hybrid."),
-    ] = "none",
-    joint_form: Annotated[
-        str,
-        typer.Option(
-            "--joint-form",
-            help="cf (CFD of the concatenated modalities; default), paper (Eq. 12-13, dot), paper-cos, none.",
-        ),
-    ] = "cf",
-    freq_bank: Annotated[
-        int,
-        typer.Option(
-            "--freq-bank", help="Use B fixed frequency draws with cached real CFs (0 = fresh each step, the paper)."
-        ),
-    ] = 16,
-    init: Annotated[
-        str, typer.Option("--init", help="Initialise synthetic rows from real, noise or herding.")
-    ] = "real",
-    space_map: Annotated[
-        str,
-        typer.Option(
-            "--space-map",
-            help="The space matched: whiten (normalize(C^-1/2 (x - mean)), the store's statistics; default), "
-            "center (normalize(x - mean)) or none (the raw embeddings).",
-        ),
-    ] = "whiten",
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the per-class random streams (init, real batches, frequencies).")
-    ] = 0,
-    allow_fewer: Annotated[
-        bool, typer.Option("--allow-fewer", help="A class with fewer real rows than --dpc gets one row per real row.")
-    ] = False,
-    clusters: Annotated[
-        int,
-        typer.Option(
-            "--clusters",
-            help="Stores without labels: 0 = all rows are one class, so --dpc is the number of pairs (default); "
-            "K = K pseudo-classes by k-means on the joint embedding, --dpc pairs each.",
-        ),
-    ] = 0,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Save a resumable state every N iterations of a class (0 = off).")
-    ] = 50,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run with the same settings.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Input space: encoder preset (default: the store's).")
-    ] = None,
-    checkpoint: CheckpointOpt = None,
-    manifest: Annotated[
-        Path | None, typer.Option("--manifest", help="Input space: the training manifest (default: the store's).")
-    ] = None,
-    guide: Annotated[
-        str,
-        typer.Option(
-            "--guide",
-            help="Input space: imagebind (the frozen encoder) or convnet (a random ConvNet redrawn every step).",
-        ),
-    ] = "imagebind",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Input space: fp32, bf16 or fp16 autocast for the encoder's passes (the losses stay float32).",
-        ),
-    ] = "fp32",
-    device: DeviceOpt = "auto",
-    log_with: LogWithOpt = None,
-    log_dir: LogDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@recipe_command(CondenseConfig)
+def condense(config: CondenseConfig, as_json: bool) -> None:
     """Condense a store into a few synthetic examples per class.
 
     Example: ibdc condense stores/train --modalities audio,image --dpc 20 --out syn.safetensors
 
     Example: ibdc condense stores/train --modalities audio,image --dpc 1 --preset paper --iterations 100
-    """
-    from ibdc_cli.condense import CondenseConfig
-    from ibdc_cli.condense import condense as run_condense
-    from ibdc_cli.data.manifest import parse_modalities
-    from ibdc_cli.demo import default_store
-    from ibdc_cli.tracking import parse_log_with
 
-    options = dict(
-        dpc=dpc,
-        method=method,
-        space=space,
-        iterations=iterations,
-        lr=lr,
-        optimizer=optimizer,
-        real_batch=real_batch,
-        num_freqs=num_freqs,
-        sigma=sigma,
-        cf_reduction=cf_reduction,
-        alpha=alpha,
-        beta=beta,
-        lambda_uni=lambda_uni,
-        lambda_cross=lambda_cross,
-        lambda_joint=lambda_joint,
-        cross_form=cross_form,
-        joint_form=joint_form,
-        freq_bank=freq_bank,
-        init=init,
-        space_map=space_map,
-        seed=seed,
-        allow_fewer=allow_fewer,
-        clusters=clusters,
-        checkpoint_every=checkpoint_every,
-        guide=guide,
-        precision=precision,
-        model=model,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        manifest=str(manifest) if manifest else None,
-    )
-    # A preset sets the options left at their defaults; the ones given on the command line win. (By name:
-    # Typer ships its own copy of click, whose ParameterSource is not click.core's.)
-    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
-    config = CondenseConfig.from_preset(preset, modalities=parse_modalities(modalities), **given)
+    Example: ibdc condense --config syn.safetensors --out again.safetensors   (the set's recorded config)
+    """
+    from ibdc_cli.condense import run_condense
+    from ibdc_cli.demo import default_store
+
     config.check()
-    store = store if store is not None else default_store()
-    out = out or Path("syn.safetensors")
-    result = run_condense(
-        store,
-        out,
-        config,
-        device=device,
-        resume=resume,
-        overwrite=overwrite,
-        log_with=parse_log_with(log_with),
-        log_dir=log_dir,
-    )
+    if config.store is None:
+        config = dataclasses.replace(config, store=str(default_store()))
+    result = run_condense(config)
     if not result.metadata:  # not the main process
         return
     summary = {
@@ -378,7 +237,7 @@ def condense(
         "dpc": config.dpc,
         "seconds": round(result.seconds, 2),
         "final_loss": result.final_loss,
-        "store": str(store),
+        "store": config.store,
     }
     if as_json:
         _print_json(summary)
@@ -389,62 +248,8 @@ def condense(
     )
 
 
-@app.command(no_args_is_help=True)
-def evaluate(
-    sets: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Synthetic set or selection (.safetensors from `ibdc condense`); several sets of one configuration "
-            "(condensation seeds) give mean ± std over sets × head seeds.",
-            show_default=False,
-        ),
-    ],
-    test: Annotated[
-        Path | None,
-        typer.Option("--test", help="Real test store; default: the built-in demo test store (built on first use)."),
-    ] = None,
-    protocol: Annotated[
-        str,
-        typer.Option(
-            "--protocol",
-            help="linear (per-modality linear heads, late fusion), mlp, or convnet (ConvNets trained from scratch "
-            "on an input-space set, tested on the test store's manifest), or retrieval (paired data without "
-            "labels: InfoNCE projection heads, recall@1/5/10 both ways).",
-        ),
-    ] = "linear",
-    seeds: Annotated[
-        int, typer.Option("--seeds", help="Training runs with different head seeds per set; reports mean ± std.")
-    ] = 3,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            help="Epochs of the fixed training schedule (default: 300 for heads, 20 for convnet, 100 for retrieval).",
-        ),
-    ] = None,
-    train: Annotated[
-        Path | None, typer.Option("--train", help="Also train on this whole real store: whole-data result and ratio.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            help="Input-space sets: the encoder checkpoint to embed them with (default: the file recorded in the "
-            "set, then $IBDC_CHECKPOINT).",
-        ),
-    ] = None,
-    test_manifest: Annotated[
-        Path | None,
-        typer.Option("--test-manifest", help="convnet: the test store's manifest (default: the path it records)."),
-    ] = None,
-    train_manifest: Annotated[
-        Path | None,
-        typer.Option("--train-manifest", help="convnet: the --train store's manifest (default: the path it records)."),
-    ] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    as_json: JsonOpt = False,
-) -> None:
+@recipe_command(EvaluateConfig, no_args_is_help=True)
+def evaluate(config: EvaluateConfig, as_json: bool) -> None:
     """Train heads on synthetic sets and report top-1 accuracy (or recall@k) on a real test store (mean ± std).
 
     Example: ibdc evaluate syn.safetensors --test stores/test --train stores/train --seeds 3
@@ -457,144 +262,30 @@ def evaluate(
     from ibdc_cli.demo import default_store
     from ibdc_cli.evaluate import HeadSchedule, format_accuracy
     from ibdc_cli.evaluate import evaluate as run_evaluate
-
-    test = test if test is not None else default_store("test")
     from ibdc_cli.retrieval import RetrievalSchedule, format_retrieval
 
-    schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(protocol, HeadSchedule)
-    schedule = schedule_type() if epochs is None else schedule_type(epochs=epochs)
-    result = run_evaluate(
-        sets,
-        test,
-        protocol=protocol,
-        seeds=seeds,
-        schedule=schedule,
-        train_store=train,
-        checkpoint=checkpoint,
-        test_manifest=test_manifest,
-        train_manifest=train_manifest,
-        device=device,
-        precision=precision,
-    )
+    test = config.test if config.test is not None else default_store("test")
+    schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(config.protocol, HeadSchedule)
+    schedule = schedule_type() if config.epochs is None else schedule_type(epochs=config.epochs)
+    options = _rest(config, "sets", "test", "epochs", "train")
+    result = run_evaluate(config.sets, test, schedule=schedule, train_store=config.train, **options)
+    result["config"] = config.recorded()
     if as_json:
         _print_json(result)
         return
-    print(format_retrieval(result) if protocol == "retrieval" else format_accuracy(result))
+    print(format_retrieval(result) if config.protocol == "retrieval" else format_accuracy(result))
 
 
-@app.command(no_args_is_help=True)
-def bind(
-    manifest: Annotated[
-        Path, typer.Argument(help="CSV or JSONL manifest of paired rows: a column per modality, optional label.")
-    ],
-    modalities: ModalitiesOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Encoder checkpoint to write (.safetensors).")],
-    anchor: Annotated[
-        str, typer.Option("--anchor", help="The modality whose tower stays frozen; the others are bound to it.")
-    ] = "image",
-    model: ModelOpt = "imagebind_tiny",
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training rows.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step (InfoNCE negatives).")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (linear warm-up, cosine decay).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Epochs of linear warm-up.")] = 1.0,
-    temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
-    label_positives: Annotated[
-        bool,
-        typer.Option("--label-positives", help="Count rows of the same label as positives, not only the same row."),
-    ] = False,
-    targets: Annotated[
-        str,
-        typer.Option(
-            "--targets",
-            help="What a bound row is pulled towards: rows (the batch's anchor embeddings, as CLIP and ImageBind "
-            "train) or class-means (the anchor's class means over the training rows; needs labels).",
-        ),
-    ] = "rows",
-    anchor_map: Annotated[
-        str,
-        typer.Option(
-            "--anchor-map",
-            help="The anchor's map, fitted on the training rows and saved in the checkpoint: whiten, center "
-            "or none (a random tower's outputs differ along one direction; whitening lets its class structure "
-            "show).",
-        ),
-    ] = "whiten",
-    augment: Annotated[
-        bool,
-        typer.Option(
-            "--augment/--no-augment",
-            help="Randomly vary the trained audio tower's inputs (a delay, a mel shift and a gain).",
-        ),
-    ] = True,
-    ema: Annotated[
-        float,
-        typer.Option(
-            "--ema",
-            help="Decay of an exponential moving average of the trained weights, kept and saved instead of "
-            "the last step's (0: off).",
-        ),
-    ] = 0.0,
-    val_manifest: Annotated[
-        Path | None,
-        typer.Option(
-            "--val-manifest",
-            help="Manifest of held-out rows (another speaker, say) for the before/after metrics; "
-            "then every row of MANIFEST trains.",
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float,
-        typer.Option("--val-fraction", help="Without --val-manifest: share of rows held out (seeded) for the metrics."),
-    ] = 0.1,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding media.")] = 2,
-    device: DeviceOpt = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted bind of the same job.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
-    log_with: LogWithOpt = None,
-    log_dir: LogDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@recipe_command(BindConfig, no_args_is_help=True)
+def bind(config: BindConfig, as_json: bool) -> None:
     """Bind modalities to a frozen anchor tower (as ImageBind binds them to images): an aligned encoder.
 
     Example: ibdc bind data/train.csv --modalities image,audio --anchor image --epochs 30 --out enc.safetensors
     """
     from ibdc_cli.bind import bind_encoder, format_report
-    from ibdc_cli.data.manifest import parse_modalities
-    from ibdc_cli.tracking import parse_log_with
 
-    result = bind_encoder(
-        manifest,
-        parse_modalities(modalities),
-        anchor,
-        out,
-        model=model,
-        checkpoint=checkpoint,
-        random_init=random_init,
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        temperature=temperature,
-        label_positives=label_positives,
-        targets=targets,
-        anchor_map=anchor_map,
-        augment=augment,
-        ema=ema,
-        val_manifest=val_manifest,
-        val_fraction=val_fraction,
-        workers=workers,
-        device=device,
-        resume=resume,
-        overwrite=overwrite,
-        log_with=parse_log_with(log_with),
-        log_dir=log_dir,
-    )
+    options = _rest(config, "manifest", "modalities", "anchor", "out")
+    result = bind_encoder(config.manifest, config.modalities, config.anchor, config.out, **options)
     if not result.metadata:  # not the main process
         return
     if as_json:

@@ -16,13 +16,14 @@ Reads top to bottom:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import math
 import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+import typing
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,21 @@ import numpy as np
 import torch
 
 from ibdc_cli import losses, tracking
+from ibdc_cli.config import (  # noqa: F401 (CondenseConfig and PRESETS: importable from the recipe too)
+    PRESETS,
+    SYNTHESIS_METHODS,
+    CondenseConfig,
+    Guide,
+    Init,
+    Method,
+    Optimizer,
+    Space,
+    command_line,
+)
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.methods.selection import SELECTION_METHODS, select
 from ibdc_cli.runtime import (
-    PRECISIONS,
     announce,
     autocast,
     encoder_words,
@@ -46,7 +57,7 @@ from ibdc_cli.runtime import (
     shared_error,
     start_output_job,
 )
-from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
+from ibdc_cli.space import fit_space_map, map_embeddings
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
@@ -56,144 +67,12 @@ from ibdc_cli.store import (
     save_synthetic_set,
 )
 
-SYNTHESIS_METHODS = ("imagebinddc", "dm", "avdd")
-METHODS = (*SYNTHESIS_METHODS, *SELECTION_METHODS)
-SPACES = ("embedding", "input")
-INITS = ("real", "noise", "herding")
-OPTIMIZERS = ("adam", "sgd")
-GUIDES = ("imagebind", "convnet")
-
-
-@dataclass
-class CondenseConfig:
-    """Every setting of a condensation run; recorded verbatim in the synthetic set's metadata."""
-
-    modalities: list[str]
-    dpc: int = 20
-    method: str = "imagebinddc"
-    space: str = "embedding"
-    iterations: int = 150
-    lr: float | None = None  # None: 0.05 in embedding space, 0.01 for model inputs
-    optimizer: str = "adam"
-    real_batch: int = 256  # real rows of a class per step; 0 = all
-    num_freqs: int = 4096
-    sigma: float = 1.0
-    cf_reduction: str = losses.DEFAULT_REDUCTION
-    alpha: float = losses.DEFAULT_ALPHA
-    beta: float = losses.DEFAULT_BETA
-    lambda_uni: float = losses.DEFAULT_LAMBDA
-    lambda_cross: float = losses.DEFAULT_LAMBDA
-    lambda_joint: float = losses.DEFAULT_LAMBDA
-    cross_form: str = losses.DEFAULT_CROSS_FORM  # the paper form measurably hurt (docs/method.md): opt in
-    joint_form: str = losses.DEFAULT_JOINT_FORM
-    freq_bank: int = 16  # B fixed draws with cached real CFs (0: fresh every step, the paper); not with convnet
-    space_map: str = "whiten"  # the space of the store's embeddings that is matched: see ibdc_cli/space.py
-    init: str = "real"
-    seed: int = 0
-    allow_fewer: bool = False
-    clusters: int = 0  # stores without labels: 0 = all rows one class; K = K k-means pseudo-classes
-    checkpoint_every: int = 50
-    # input space only
-    guide: str = "imagebind"
-    precision: str = "fp32"  # autocast of the encoder's passes; the losses always run in float32
-    model: str | None = None
-    checkpoint: str | None = None
-    manifest: str | None = None
-    preset: str | None = None  # the PRESETS entry these settings started from (None: ibdc's defaults)
-
-    @classmethod
-    def from_preset(cls, preset: str | None, **overrides: Any) -> CondenseConfig:
-        """The settings of `preset` (a `PRESETS` name; None = "default"), then `overrides` on top.
-
-        Example: `CondenseConfig.from_preset("paper", modalities=["audio", "image"], iterations=100)`.
-        """
-        return cls(**{**_preset_settings(preset), **overrides, "preset": preset})
-
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 0.05 if self.space == "embedding" else 0.01
-
-    def check(self) -> None:
-        _preset_settings(self.preset)
-        choices = {
-            "method": (self.method, METHODS),
-            "space": (self.space, SPACES),
-            "init": (self.init, INITS),
-            "optimizer": (self.optimizer, OPTIMIZERS),
-            "cf-reduction": (self.cf_reduction, losses.REDUCTIONS),
-            "cross-form": (self.cross_form, losses.CROSS_FORMS),
-            "joint-form": (self.joint_form, losses.JOINT_FORMS),
-            "guide": (self.guide, GUIDES),
-            "space-map": (self.space_map, SPACE_MAPS),
-            "precision": (self.precision, PRECISIONS),
-        }
-        for option, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise IbdcError(f"--{option} {value!r} is not one of: {', '.join(allowed)}")
-        positive = {"dpc": self.dpc, "num-freqs": self.num_freqs}
-        for option, value in positive.items():
-            if value < 1:
-                raise IbdcError(f"--{option} must be at least 1, not {value}")
-        if self.iterations < 0 or self.real_batch < 0 or self.freq_bank < 0 or self.checkpoint_every < 0:
-            raise IbdcError("--iterations, --real-batch, --freq-bank and --checkpoint-every must not be negative")
-        weights = {
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "lambda-uni": self.lambda_uni,
-            "lambda-cross": self.lambda_cross,
-            "lambda-joint": self.lambda_joint,
-        }
-        for option, value in {"sigma": self.sigma, "lr": self.learning_rate(), **weights}.items():
-            if not math.isfinite(value):
-                raise IbdcError(f"--{option} must be a finite number, not {value}")
-        if self.sigma <= 0 or self.learning_rate() <= 0:
-            raise IbdcError("--sigma and --lr must be positive")
-        for option, value in weights.items():
-            if value < 0:
-                raise IbdcError(f"--{option} must not be negative, not {value}")
-        if self.guide == "convnet":
-            if self.space != "input":
-                raise IbdcError("--guide convnet optimises model inputs: use it with --space input")
-            if "text" in self.modalities:
-                raise IbdcError("--guide convnet has no text network; drop text from --modalities")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # ibdc's defaults: CondenseConfig's, chosen by measurement (docs/method.md).
-    "default": {},
-    # The paper's configuration (Min et al., AAAI 2026). docs/method.md has a table with the source of each
-    # value: the paper's section or equation, the authors' code, or "open, picked" with the reason.
-    "paper": {
-        "method": "imagebinddc",
-        "space": "input",  # synthetic pixels and fbanks through the frozen encoder: the paper's main setting
-        "guide": "imagebind",
-        "cross_form": "paper",  # Eq. 8-11
-        "joint_form": "paper",  # Eq. 12-13 with the printed dot product
-        "lambda_uni": 1.0,
-        "lambda_cross": 1.0,
-        "lambda_joint": 1.0,
-        "cf_reduction": "eq3",  # Eq. 3
-        "alpha": 0.5,
-        "beta": 0.5,
-        "num_freqs": 4096,
-        "sigma": 1.0,
-        "freq_bank": 0,  # fresh frequencies every step
-        "space_map": "none",  # the encoder's own space
-        "init": "real",
-        "optimizer": "sgd",  # momentum 0.5, as the authors' code
-        "lr": 30.0,
-        "iterations": 5000,
-        "real_batch": 128,
-    },
-}
-"""Named sets of CondenseConfig settings (`ibdc condense --preset NAME`); options given explicitly win."""
-
-
-def _preset_settings(preset: str | None) -> dict[str, Any]:
-    if preset is not None and preset not in PRESETS:
-        raise IbdcError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
-    return PRESETS[preset or "default"]
+# The choices live with the options in ibdc_cli/config.py; these names stay importable from here.
+METHODS = typing.get_args(Method)
+SPACES = typing.get_args(Space)
+INITS = typing.get_args(Init)
+OPTIMIZERS = typing.get_args(Optimizer)
+GUIDES = typing.get_args(Guide)
 
 
 @dataclass
@@ -280,7 +159,7 @@ def condense(
     encoder = _input_space_encoder(store, config, torch_device) if use_imagebind else None
 
     with contextlib.ExitStack() as stack:
-        job = {"store": store.fingerprint(), "config": asdict(config)}
+        job = {"store": store.fingerprint(), "config": config.settings()}
         work = partial_dir(out)
         start_output_job(stack, state, out, work, job, resume)
         error = None
@@ -298,7 +177,7 @@ def condense(
         try:
             logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
             with (
-                tracking.run(list(log_with), out.stem, logs, {"store": str(store.path), **asdict(config)}, state),
+                tracking.run(list(log_with), out.stem, logs, {"store": str(store.path), **config.settings()}, state),
                 progress_bar(
                     f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
                 ) as advance,
@@ -686,7 +565,8 @@ def _write_synthetic_set(
         "class_names": class_names,
         **pseudo,  # stores without labels: "pseudo_labels" ("none" or "kmeans") and "clusters"
         "encoder": encoder.describe() if encoder is not None else store.encoder,
-        "settings": {**asdict(config), "lr": config.learning_rate()},
+        "settings": {**config.settings(), "lr": config.learning_rate()},
+        "config": {**config.recorded(), "store": str(store.path.resolve())},
         "seed": config.seed,
         "iterations": config.iterations if kind == "synthetic" else 0,
         "loss_history": history,
@@ -723,19 +603,22 @@ def _peak_rss_mib() -> float:
 
 def reproduce_command(store_path: Path, config: CondenseConfig, out: Path | None = None) -> str:
     """The `ibdc condense` command line that makes this set again (options left at their defaults, or at
-    the values of the set's --preset, omitted)."""
-    defaults = CondenseConfig.from_preset(config.preset, modalities=config.modalities)
-    parts = ["ibdc", "condense", str(store_path), "--modalities", ",".join(config.modalities)]
-    if config.preset is not None:
-        parts += ["--preset", config.preset]
-    for key, value in asdict(config).items():
-        if key in ("modalities", "preset") or value == getattr(defaults, key):
-            continue
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            parts += [f"--{flag}", str(value)]
-    if out is not None:
-        parts += ["--out", str(out)]
-    return " ".join(parts)
+    the values of the set's --preset, omitted; how it runs — device, resume, trackers — left out)."""
+    defaults = replace(CondenseConfig.from_preset(config.preset, modalities=[]), preset=None)
+    runs = tuple(f.name for f in dataclasses.fields(config) if f.metadata["kind"] == "run")
+    line = command_line(replace(config, store=str(store_path)), defaults, skip=runs)
+    return line if out is None else f"{line} --out {out}"
+
+
+def run_condense(config: CondenseConfig) -> CondenseResult:
+    """`condense` with every option, the store and the output from one `CondenseConfig` (the CLI's call)."""
+    return condense(
+        config.store,
+        config.out,
+        config,
+        device=config.device,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        log_with=config.log_with,
+        log_dir=config.log_dir,
+    )

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 
 import torch
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,13 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-stderr = Console(stderr=True, highlight=False)
-_quiet = False
-
-
-def set_quiet(quiet: bool) -> None:
-    global _quiet
-    _quiet = quiet
+from ibdc_cli.console import is_quiet, set_quiet, stderr  # noqa: F401 (set_quiet: re-exported)
 
 
 def distributed_env() -> bool:
@@ -59,7 +52,7 @@ def is_main(state=None) -> bool:
 
 def log(message: str, state=None) -> None:
     """A line on stderr from the main process, unless --quiet."""
-    if not _quiet and is_main(state):
+    if not is_quiet() and is_main(state):
         stderr.print(message, markup=False, soft_wrap=True)  # soft_wrap: a log file gets whole lines
 
 
@@ -138,7 +131,7 @@ def progress_bar(description: str, total: int, state=None, *, fields: str = "") 
 
     Yields `advance(n=1, **fields)`; `fields` (e.g. "loss={task.fields[loss]}") shows live values.
     """
-    if _quiet or not is_main(state):
+    if is_quiet() or not is_main(state):
         yield lambda n=1, **kw: None
         return
     if not sys.stderr.isatty():

@@ -65,18 +65,27 @@ def test_demo_end_to_end_small(tmp_path, cli):
     assert "accuracy %" in human.out and "condense" in human.out and str(plot) in human.out
 
 
-def test_condense_option_defaults_are_the_library_defaults():
-    """`ibdc condense` and `CondenseConfig` share one set of defaults (the CLI only parses options)."""
-    from dataclasses import fields
+@pytest.mark.parametrize("command", ["embed", "condense", "bind", "evaluate"])
+def test_command_options_are_the_config_fields(command):
+    """Each recipe command's options are its config's fields, with the field's default (one home per option;
+    comma-separated lists are written joined on the command line)."""
+    from dataclasses import MISSING, fields
 
-    from ibdc_cli.condense import CondenseConfig
+    from ibdc_cli.config import RECIPE_CONFIGS
 
-    library = CondenseConfig(modalities=["image"])
-    options = {p.name: p.default for p in _click_command("condense").params}
-    shared = [f.name for f in fields(CondenseConfig) if f.name in options and f.name != "modalities"]
-    assert len(shared) > 20
-    for name in shared:
-        assert options[name] == getattr(library, name), f"--{name.replace('_', '-')}: CLI and library disagree"
+    cls = RECIPE_CONFIGS[command]
+    params = {p.name: p for p in _click_command(command).params}
+    assert set(params) == {f.name for f in fields(cls)} | {"config_file", "print_config", "as_json"}
+    for f in fields(cls):
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else None)
+        )
+        if f.metadata["comma_list"] and not f.metadata["argument"]:
+            default = ",".join(default) or None if default is not None else None
+        shown = params[f.name].default
+        assert shown == default or (shown in (None, ()) and default in (None, [])), f"{command} --{f.name}"
 
 
 def test_env_reports_versions_and_world(cli, monkeypatch):

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ibdc_cli import __version__
 from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import load_encoder
@@ -42,13 +41,10 @@ from ibdc_cli.runtime import (
 )
 from ibdc_cli.store import (
     INDEX_FILE,
-    STORE_FORMAT,
-    STORE_VERSION,
     atomic_save_tensors,
-    atomic_write_json,
     drop_damaged,
-    file_sha256,
     read_tensors,
+    write_store,
 )
 
 
@@ -282,37 +278,23 @@ def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shar
     final = work / "store"
     if final.exists():
         shutil.rmtree(final)
-    final.mkdir()
-    shards = []
-    total = int(data["row"].shape[0])
-    for number, start in enumerate(range(0, max(total, 1), shard_rows)):
-        name = f"shard-{number:05d}.safetensors"
-        atomic_save_tensors(final / name, {k: v[start : start + shard_rows] for k, v in data.items()})
-        shards.append({"file": name, "rows": min(shard_rows, total - start), "sha256": file_sha256(final / name)})
-    labels = data["labels"].tolist()
-    class_names = manifest.class_names
-    index = {
-        "format": STORE_FORMAT,
-        "format_version": STORE_VERSION,
-        "ibdc_version": __version__,
-        "num_rows": total,
-        "modalities": {m: int(data[m].shape[1]) for m in job["modalities"]},
-        "class_names": class_names,
-        "rows_per_class": {name: labels.count(i) for i, name in enumerate(class_names)},
-        "labeled": bool(class_names),
-        "encoder": job["encoder"],
+    extra = {
         "preprocessing": job["preprocessing"],
         "precision": job["precision"],
-        "manifest": {
-            "path": str(manifest.path.resolve()),
-            "sha256": manifest.sha256,
-            "rows": len(manifest.rows),
-        },
+        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
         "skipped": sorted(skipped, key=lambda s: s["row"]),
-        "shards": shards,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write_json(final / INDEX_FILE, index)
+    store = write_store(
+        final,
+        {m: data[m] for m in job["modalities"]},
+        data["labels"],
+        class_names=manifest.class_names,
+        rows=data["row"],
+        encoder=job["encoder"],
+        shard_rows=shard_rows,
+        index=extra,
+    )
+    total = store.num_rows
     replace_directory(final, out, overwrite)
     shutil.rmtree(work, ignore_errors=True)
-    return total, index["skipped"]
+    return total, extra["skipped"]

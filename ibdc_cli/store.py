@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +295,69 @@ class Store:
                 f"store {self.path}: row {int(rows[first])} has label id {int(labels[first])}; "
                 f"this store's ids are {allowed}"
             )
+
+
+def write_store(
+    path: str | Path,
+    embeddings: dict[str, torch.Tensor],
+    labels: torch.Tensor | None = None,
+    *,
+    class_names: list[str] | None = None,
+    rows: torch.Tensor | None = None,
+    encoder: dict[str, Any] | None = None,
+    shard_rows: int = 16384,
+    index: dict[str, Any] | None = None,
+) -> Store:
+    """Write an embedding store at the new directory `path` and open it.
+
+    `embeddings`: `{modality: [N, D]}` (one row per example, paired across modalities); `labels`: `[N]`
+    class ids into `class_names` (default `"0"`, `"1"`, ...), or None for a store without labels (ids -1);
+    `rows`: `[N]` manifest row numbers (default 0..N-1); `encoder`: the record of what embedded them
+    (default `{"preset": "external", "weights": "external"}`: vectors made outside ibdc). `index`: more
+    index.json entries (`ibdc embed` adds its manifest, preprocessing and skipped rows).
+
+        >>> store = write_store("stores/mine", {"audio": a, "image": v}, labels, class_names=["cat", "dog"])
+    """
+    path = Path(path)
+    if path.exists():
+        raise IbdcError(f"{path} exists; a new store needs a new directory")
+    n = next(iter(embeddings.values())).shape[0]
+    if any(x.ndim != 2 or x.shape[0] != n for x in embeddings.values()):
+        raise IbdcError("write_store: every modality needs one [N, D] matrix with the same N rows")
+    if labels is None:
+        labels, class_names = torch.full((n,), -1, dtype=torch.int64), []
+    else:
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if class_names is None:
+            class_names = [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
+    data = {m: x.detach().float().cpu().contiguous() for m, x in embeddings.items()}
+    data.update(labels=labels, row=torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.int64))
+    check_finite({m: data[m] for m in embeddings}, f"store {path}")
+    path.mkdir(parents=True)
+    shards = []
+    for number, start in enumerate(range(0, max(n, 1), shard_rows)):
+        name = f"shard-{number:05d}.safetensors"
+        atomic_save_tensors(path / name, {k: v[start : start + shard_rows] for k, v in data.items()})
+        shards.append({"file": name, "rows": min(shard_rows, n - start), "sha256": file_sha256(path / name)})
+    ids = labels.tolist()
+    record = {
+        "format": STORE_FORMAT,
+        "format_version": STORE_VERSION,
+        "ibdc_version": __version__,
+        "num_rows": n,
+        "modalities": {m: int(x.shape[1]) for m, x in embeddings.items()},
+        "class_names": list(class_names),
+        "rows_per_class": {name: ids.count(i) for i, name in enumerate(class_names)},
+        "labeled": bool(class_names),
+        "encoder": encoder or {"preset": "external", "weights": "external"},
+        **(index or {}),
+        "shards": shards,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(path / INDEX_FILE, record)
+    store = open_store(path)
+    store._check_labels(data["labels"], data["row"])
+    return store
 
 
 def open_store(path: str | Path) -> Store:

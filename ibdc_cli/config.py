@@ -106,7 +106,8 @@ def modalities_option(default: Any = MISSING, help: str | None = None) -> Any:
 def model_option(default: Any = "imagebind_tiny", help: str | None = None, kind: Kind = "setting") -> Any:
     return option(
         default,
-        help or "Encoder preset: imagebind_tiny (small, random-init) or imagebind_huge (needs --checkpoint or "
+        help
+        or "Encoder preset: imagebind_tiny (small, random-init) or imagebind_huge (needs --checkpoint or "
         "--random-init).",
         kind=kind,
         choices=Model,
@@ -116,7 +117,8 @@ def model_option(default: Any = "imagebind_tiny", help: str | None = None, kind:
 def checkpoint_option(help: str | None = None, kind: Kind = "setting") -> Any:
     return option(
         None,
-        help or "Encoder weights (.pth state dict as Meta publishes it, or an `ibdc bind` .safetensors); "
+        help
+        or "Encoder weights (.pth state dict as Meta publishes it, or an `ibdc bind` .safetensors); "
         "default $IBDC_CHECKPOINT.",
         kind=kind,
         metavar="PATH",
@@ -270,26 +272,20 @@ class CondenseConfig(Config):
         "syn.safetensors", "Synthetic set to write (.safetensors).", kind="run", short="-o", metavar="PATH"
     )
     method: Method = option("imagebinddc", "imagebinddc, dm, avdd, or a selection: random, herding, kcenter.")
-    space: Space = option(
-        "embedding", "embedding: optimise vectors in the joint space; input: optimise model inputs."
-    )
+    space: Space = option("embedding", "embedding: optimise vectors in the joint space; input: optimise model inputs.")
     iterations: int = option(150, "Optimisation steps per class.")
     lr: float | None = option(None, "Learning rate (default 0.05 in embedding space, 0.01 for inputs).")
     optimizer: Optimizer = option("adam", "adam or sgd (momentum 0.5).")
     real_batch: int = option(256, "Real rows of a class per step (0 = all).")
     num_freqs: int = option(4096, "Frequencies K of the characteristic function.")
     sigma: float = option(1.0, "Frequencies are drawn from N(0, sigma^2 I).")
-    cf_reduction: Reduction = option(
-        "eq3", "ncfm: mean sqrt(a*amp+b*phase) (authors' code); eq3: mean(a*amp+b*phase)."
-    )
+    cf_reduction: Reduction = option("eq3", "ncfm: mean sqrt(a*amp+b*phase) (authors' code); eq3: mean(a*amp+b*phase).")
     alpha: float = option(0.5, "Weight of the CF amplitude term.")
     beta: float = option(0.5, "Weight of the CF phase term.")
     lambda_uni: float = option(1.0, "Weight of the uni-modal term.")
     lambda_cross: float = option(1.0, "Weight of the cross-modal term (avdd: of implicit cross matching).")
     lambda_joint: float = option(1.0, "Weight of the joint-modal term (avdd: of cross-modal gap matching).")
-    cross_form: CrossForm = option(
-        "none", "none (default: the paper form measurably hurt), paper (Eq. 8-11), hybrid."
-    )
+    cross_form: CrossForm = option("none", "none (default: the paper form measurably hurt), paper (Eq. 8-11), hybrid.")
     joint_form: JointForm = option(
         "cf", "cf (CFD of the concatenated modalities; default), paper (Eq. 12-13, dot), paper-cos, none."
     )
@@ -555,6 +551,13 @@ class EvaluateConfig(Config):
 RECIPE_CONFIGS: dict[str, type[Config]] = {
     c.COMMAND: c for c in (EmbedConfig, CondenseConfig, BindConfig, EvaluateConfig)
 }
+# The docs page (under docs/) that carries each command's generated options table.
+DOCS_PAGES = {
+    "embed": "commands/embed.md",
+    "condense": "commands/condense.md",
+    "bind": "bind.md",
+    "evaluate": "commands/evaluate.md",
+}
 
 
 # ------------------------------------------------------------------------------------- config files
@@ -739,11 +742,11 @@ def main() -> None:
 
     if sys.argv[1:] != ["--docs"]:
         raise SystemExit("usage: python -m ibdc_cli.config --docs")
-    docs = Path(__file__).resolve().parents[1] / "docs" / "commands"
+    docs = Path(__file__).resolve().parents[1] / "docs"
     for command, cls in RECIPE_CONFIGS.items():
-        page = docs / f"{command}.md"
+        page = docs / DOCS_PAGES[command]
         page.write_text(docs_with_table(page.read_text(), cls))
-        print(f"wrote the options table of {page.name}")
+        print(f"wrote the options table of docs/{DOCS_PAGES[command]}")
 
 
 if __name__ == "__main__":

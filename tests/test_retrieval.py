@@ -95,6 +95,29 @@ def test_recall_ties_count_against_the_match():
         recall_at_k(torch.ones(3, 4), torch.ones(4, 4))
 
 
+def test_info_nce_without_labels_is_clips_loss():
+    """`losses.info_nce` without labels is the retrieval protocol's loss, bit for bit (cross-entropy of the
+    cosine logits against the diagonal, both ways); with labels it is bind's SupCon form."""
+    import torch.nn.functional as F
+
+    from ibdc_cli.bind import info_nce as bind_info_nce
+    from ibdc_cli.losses import info_nce
+    from ibdc_cli.retrieval import info_nce as retrieval_info_nce
+
+    g = torch.Generator().manual_seed(0)
+    for batch, dim in ((2, 3), (7, 16), (64, 128)):
+        a, b = 3 * torch.randn(batch, dim, generator=g), torch.randn(batch, dim, generator=g) + 1
+        for temperature in (0.07, 1.0):
+            expected = retrieval_info_nce(a, b, temperature)
+            assert torch.equal(info_nce(a, b, temperature), expected)
+            distinct = info_nce(a, b, temperature, labels=torch.arange(batch))
+            assert torch.allclose(distinct, expected, rtol=1e-6, atol=1e-6)
+            labels = torch.randint(0, 3, (batch,), generator=g)
+            x, y = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+            supcon = bind_info_nce(x, y, temperature, labels)
+            assert torch.allclose(info_nce(a, b, temperature, labels), supcon, rtol=1e-6, atol=1e-6)
+
+
 # -------------------------------------------------------------------------------------------- protocol
 
 

@@ -1,12 +1,9 @@
-"""Paired data without labels (audio-text, Clotho-style): the retrieval protocol and pseudo-classes.
+"""Paired data without labels (audio-text, Clotho-style): the retrieval protocol.
 
 - `evaluate_retrieval` (`ibdc evaluate --protocol retrieval`, SPEC §4): one projection head per modality
   onto a shared space, trained with symmetric InfoNCE on the synthetic pairs only, then Recall@1/5/10 in
   both directions on the real test store's pairs (row i of one modality belongs with row i of the
   other). The schedule (`RetrievalSchedule`) is fixed; the test split is read only to score the heads.
-- `pseudo_classes` (`ibdc condense` on a store without labels): condensation is class-conditional, so
-  unlabeled rows become one class (the default), or K classes by k-means on the joint embedding
-  (`--clusters K`).
 
 Example::
 
@@ -27,7 +24,6 @@ import torch.nn.functional as F
 
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.evaluate import _check_compatible, load_sets, spread_words, summarize_sets, whole_data_fields
-from ibdc_cli.methods.selection import joint_embedding
 from ibdc_cli.runtime import log
 from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
 from ibdc_cli.store import open_store
@@ -245,32 +241,3 @@ def format_retrieval(result: dict[str, Any]) -> str:
             ratios = "".join(f"{c['ratio']:>16.3f}" if c["ratio"] is not None else f"{'-':>16}" for c in cells)
             lines.append(f"{'  ratio':<14}" + ratios)
     return "\n".join(lines)
-
-
-# -------------------------------------------------------------------------------------- pseudo-classes
-
-
-def pseudo_classes(
-    data: dict[str, torch.Tensor], modalities: list[str], clusters: int, seed: int
-) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
-    """Class ids `[N]`, class names and the metadata record for a store without labels.
-
-    `clusters = 0`: every row is one class "all" (DPC = the number of synthetic pairs); the default,
-    because it keeps the real pairs' distribution whole and needs no choice of K. `clusters = K`: K
-    classes by k-means (scikit-learn, `n_init=10`, seeded) on `joint_embedding` of the mapped rows (`--space-map`),
-    so the set holds DPC x K pairs spread over the regions of the joint space.
-    """
-    n = next(iter(data[m] for m in modalities)).shape[0]
-    if clusters < 0:
-        raise IbdcError(f"--clusters must not be negative, not {clusters}")
-    if clusters == 0:
-        return torch.zeros(n, dtype=torch.int64), ["all"], {"pseudo_labels": "none", "clusters": 1}
-    if clusters > n:
-        raise IbdcError(f"--clusters {clusters} is more than the store's {n} rows")
-    from sklearn.cluster import KMeans
-
-    x = joint_embedding({m: data[m] for m in modalities}).numpy()
-    ids = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(x)
-    width = len(str(clusters - 1))
-    names = [f"cluster-{c:0{width}d}" for c in range(clusters)]
-    return torch.as_tensor(ids, dtype=torch.int64), names, {"pseudo_labels": "kmeans", "clusters": clusters}

@@ -453,13 +453,12 @@ def evaluate(
 
     Example: ibdc evaluate pairs.safetensors --test stores/sn-test --protocol retrieval --train stores/sn-train
     """
-    from ibdc_cli.convnet_eval import ConvnetSchedule
     from ibdc_cli.demo import default_store
-    from ibdc_cli.evaluate import HeadSchedule, format_accuracy
-    from ibdc_cli.evaluate import evaluate as run_evaluate
+    from ibdc_cli.evaluation import ConvnetSchedule, HeadSchedule, format_accuracy
+    from ibdc_cli.evaluation import evaluate as run_evaluate
 
     test = test if test is not None else default_store("test")
-    from ibdc_cli.retrieval import RetrievalSchedule, format_retrieval
+    from ibdc_cli.evaluation import RetrievalSchedule, format_retrieval
 
     schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(protocol, HeadSchedule)
     schedule = schedule_type() if epochs is None else schedule_type(epochs=epochs)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibdc_cli.retrieval import RetrievalSchedule, evaluate_retrieval, recall_at_k
+from ibdc_cli.evaluation import RetrievalSchedule, evaluate, format_retrieval
+from ibdc_cli.evaluation.retrieval import recall_at_k
 from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set
 
 DIM = 16
@@ -96,13 +97,18 @@ def test_recall_ties_count_against_the_match():
 
 
 def test_info_nce_without_labels_is_clips_loss():
-    """`losses.info_nce` without labels is the retrieval protocol's loss, bit for bit (cross-entropy of the
-    cosine logits against the diagonal, both ways); with labels it is bind's SupCon form."""
+    """`losses.info_nce` without labels is the loss the retrieval protocol trained with before it moved to
+    losses.py, bit for bit (cross-entropy of the cosine logits against the diagonal, both ways); with
+    labels it is bind's SupCon form."""
     import torch.nn.functional as F
 
     from ibdc_cli.bind import info_nce as bind_info_nce
     from ibdc_cli.losses import info_nce
-    from ibdc_cli.retrieval import info_nce as retrieval_info_nce
+
+    def retrieval_info_nce(a, b, temperature):  # ibdc_cli/retrieval.py's, as it was
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     g = torch.Generator().manual_seed(0)
     for batch, dim in ((2, 3), (7, 16), (64, 128)):
@@ -122,7 +128,9 @@ def test_info_nce_without_labels_is_clips_loss():
 
 
 def test_protocol_learns_pairs_and_whole_data(stores, pairs_set):
-    result = evaluate_retrieval(pairs_set, stores["test"], seeds=2, train_store=stores["train"], schedule=FAST)
+    result = evaluate(
+        pairs_set, stores["test"], protocol="retrieval", seeds=2, train_store=stores["train"], schedule=FAST
+    )
     assert result["protocol"] == "retrieval" and result["pairs"] == 40 and result["test_pairs"] == 60
     assert result["pseudo_labels"] == "none"
     names = {f"{q}->{g} R@{k}" for q, g in (("audio", "text"), ("text", "audio")) for k in (1, 5, 10)}
@@ -137,7 +145,7 @@ def test_protocol_learns_pairs_and_whole_data(stores, pairs_set):
 
 def test_heads_never_see_the_test_split(stores, pairs_set, tmp_path, monkeypatch):
     """Shuffling the test pairs changes only the score: the trained heads are identical."""
-    import ibdc_cli.retrieval as retrieval
+    import ibdc_cli.evaluation.retrieval as retrieval
 
     trained = []
     real_train = retrieval.train_projection_heads
@@ -150,8 +158,8 @@ def test_heads_never_see_the_test_split(stores, pairs_set, tmp_path, monkeypatch
     monkeypatch.setattr(retrieval, "train_projection_heads", spy)
     test = paired(60, 1)
     shuffled = {"audio": test["audio"], "text": test["text"][torch.randperm(60)]}
-    a = evaluate_retrieval(pairs_set, stores["test"], seeds=1, schedule=FAST)
-    b = evaluate_retrieval(pairs_set, write_store(tmp_path / "shuffled", shuffled), seeds=1, schedule=FAST)
+    a = evaluate(pairs_set, stores["test"], protocol="retrieval", seeds=1, schedule=FAST)
+    b = evaluate(pairs_set, write_store(tmp_path / "shuffled", shuffled), protocol="retrieval", seeds=1, schedule=FAST)
     assert all(torch.equal(x, y) for x, y in zip(trained[0], trained[1], strict=True))
     assert b["metrics"]["audio->text R@10"]["mean"] < a["metrics"]["audio->text R@10"]["mean"]
 
@@ -176,11 +184,12 @@ def test_several_sets_recalls_over_sets_and_seeds(stores, pairs_set, tmp_path, c
     import statistics
 
     from ibdc_cli.condense import CondenseConfig, condense
-    from ibdc_cli.retrieval import format_retrieval
 
     other = tmp_path / "random-1.safetensors"
     condense(stores["train"], other, CondenseConfig(modalities=["audio", "text"], dpc=40, method="random", seed=1))
-    result = evaluate_retrieval([pairs_set, other], stores["test"], seeds=2, train_store=stores["train"], schedule=FAST)
+    result = evaluate(
+        [pairs_set, other], stores["test"], protocol="retrieval", seeds=2, train_store=stores["train"], schedule=FAST
+    )
     assert result["sets"] == [str(pairs_set), str(other)] and result["seeds"] == 2
     for block in result["metrics"].values():
         values = [r["value"] for r in block["runs"]]

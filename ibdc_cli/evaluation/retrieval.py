@@ -1,32 +1,31 @@
-"""Paired data without labels (audio-text, Clotho-style): the retrieval protocol.
+"""The `retrieval` protocol of `ibdc evaluate`, for paired data without labels (audio-text, Clotho-style).
 
-- `evaluate_retrieval` (`ibdc evaluate --protocol retrieval`, SPEC §4): one projection head per modality
-  onto a shared space, trained with symmetric InfoNCE on the synthetic pairs only, then Recall@1/5/10 in
-  both directions on the real test store's pairs (row i of one modality belongs with row i of the
-  other). The schedule (`RetrievalSchedule`) is fixed; the test split is read only to score the heads.
+SPEC §4: one projection head per modality onto a shared space, trained with symmetric InfoNCE
+(`losses.info_nce`) on the synthetic pairs only, then Recall@1/5/10 in both directions on the real test
+store's pairs (row i of one modality belongs with row i of the other). The schedule
+(`RetrievalSchedule`) is fixed; the test split is read only to score the heads.
 
 Example::
 
-    result = evaluate_retrieval("syn.safetensors", "stores/test", seeds=3, train_store="stores/train")
+    result = evaluate("syn.safetensors", "stores/test", protocol="retrieval", seeds=3, train_store="stores/train")
     result["metrics"]["audio->text R@10"]["mean"]   # percent
-    evaluate_retrieval(["k20-0.safetensors", "k20-1.safetensors"], "stores/test")  # over sets x seeds
+    evaluate(["k20-0.safetensors", "k20-1.safetensors"], "stores/test", protocol="retrieval")  # sets x seeds
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.evaluate import _check_compatible, load_sets, spread_words, summarize_sets, whole_data_fields
-from ibdc_cli.runtime import log
-from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
-from ibdc_cli.store import open_store
+from ibdc_cli.evaluation.protocol import Features, Protocol, spread_words
+from ibdc_cli.losses import info_nce
+from ibdc_cli.space import SpaceMap, map_embeddings
+from ibdc_cli.store import Store
+from ibdc_cli.synthetic_set import SyntheticSet
 
 RECALL_AT = (1, 5, 10)
 HEADS = ("linear", "mlp")
@@ -65,13 +64,6 @@ def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...] 
     match = sim.diagonal().unsqueeze(1)
     rank = (sim >= match).sum(1) - 1  # 0 = the match is the nearest
     return {k: 100.0 * float((rank < k).float().mean()) for k in ks}
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP's loss) on paired rows `a`, `b` `[B, d]`: row i's positive is row i."""
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
-    target = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def _head(schedule: RetrievalSchedule, dim: int) -> torch.nn.Module:
@@ -123,92 +115,72 @@ def retrieval_scores(heads: dict[str, torch.nn.Module], pairs: dict[str, torch.T
     return scores
 
 
-# ------------------------------------------------------------------------------------------ the recipe
+# ---------------------------------------------------------------------------------------- the protocol
 
 
-def evaluate_retrieval(
-    synthetic: str | Path | Sequence[str | Path],
-    test_store: str | Path,
-    *,
-    seeds: int = 3,
-    train_store: str | Path | None = None,
-    schedule: RetrievalSchedule | None = None,
-    modalities: list[str] | None = None,
-) -> dict[str, Any]:
-    """Recall@1/5/10 both ways of heads trained on the pairs of `synthetic`, on `test_store`'s pairs.
+class RetrievalProtocol(Protocol):
+    """Projection heads on the two paired `modalities`, trained with `schedule`; recall@k both ways."""
 
-    `synthetic` is one set or several of one configuration (`evaluate.load_sets`). Returns
-    `{"protocol": "retrieval", "sets", "seeds", ..., "metrics": {"audio->text R@1": {"mean", "std", "runs",
-    "per_set", "set_std" [, "whole_mean", "whole_std", "whole_runs", "ratio"]}, ...}}`: mean ± std over sets
-    x seeds (`evaluate.summarize_sets`); "ratio" is synthetic / whole.
-    """
-    schedule = schedule or RetrievalSchedule()
-    if schedule.head not in HEADS:
-        raise IbdcError(f"retrieval head {schedule.head!r} is not one of: {', '.join(HEADS)}")
-    if seeds < 1:
-        raise IbdcError("--seeds must be at least 1")
-    if schedule.epochs < 1:
-        raise IbdcError("--epochs must be at least 1")
-    sets = load_sets(synthetic)
-    first, first_tensors, meta = sets[0]
-    modalities = modalities or list(meta["modalities"])
-    if len(modalities) != 2:
-        raise IbdcError(
-            f"--protocol retrieval needs exactly two paired modalities; {first} has "
-            f"{len(modalities)} ({', '.join(modalities)})"
-        )
-    test = open_store(test_store)
-    for path, tensors, set_meta in sets:
-        missing = [m for m in modalities if m not in tensors]
-        if missing:
-            raise IbdcError(f"synthetic set {path} has no {missing[0]!r} (it has: {', '.join(set_meta['modalities'])})")
-        if any(set_meta.get("tensor_spaces", {}).get(m) == "input" for m in modalities):
-            raise IbdcError(f"{path} holds model inputs (--space input); --protocol retrieval needs embeddings")
-        _check_compatible(set_meta, test, modalities, path)
+    name = "retrieval"
+    metric = "recall@k (%)"
+    rows = "pairs"
 
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for path, tensors, _ in sets:
-        test_pairs = _store_pairs(test, modalities, space_maps_of_set(tensors, modalities))
-        for seed in range(seeds):
-            heads = train_projection_heads({m: tensors[m] for m in modalities}, schedule, seed)
-            for name, value in retrieval_scores(heads, test_pairs).items():
-                runs.setdefault(name, []).append({"set": str(path), "seed": seed, "value": value})
-    metrics = {name: summarize_sets(values) for name, values in runs.items()}
-    result: dict[str, Any] = {
-        "protocol": "retrieval",
-        "metric": "recall@k (%)",
-        "sets": [str(path) for path, _, _ in sets],
-        "method": meta.get("method"),
-        "dpc": meta.get("dpc"),
-        "pairs": int(first_tensors[modalities[0]].shape[0]),
-        "pseudo_labels": meta.get("pseudo_labels"),
-        "modalities": modalities,
-        "test_pairs": int(test_pairs[modalities[0]].shape[0]),
-        "seeds": seeds,
-        "schedule": asdict(schedule),
-        "metrics": metrics,
-    }
-    if train_store is not None:
-        # the sets share their space maps (load_sets checks), so the whole-data heads are trained once
-        space_maps = space_maps_of_set(first_tensors, modalities)
-        train = open_store(train_store)
-        _check_compatible(meta, train, modalities, train_store)
-        train_pairs = _store_pairs(train, modalities, space_maps)
-        test_pairs = _store_pairs(test, modalities, space_maps)
-        log(f"training the same heads on the whole store {train.path} ({len(train_pairs[modalities[0]])} pairs)")
-        whole: dict[str, list[float]] = {}
-        for seed in range(seeds):
-            heads = train_projection_heads(train_pairs, schedule, seed)
-            for name, value in retrieval_scores(heads, test_pairs).items():
-                whole.setdefault(name, []).append(value)
-        for name, values in whole.items():
-            metrics[name].update(whole_data_fields(metrics[name]["mean"], values))
-        result["train_pairs"] = int(train_pairs[modalities[0]].shape[0])
-    return result
+    def __init__(self, schedule: RetrievalSchedule, first: SyntheticSet, modalities: list[str]) -> None:
+        if schedule.head not in HEADS:
+            raise IbdcError(f"retrieval head {schedule.head!r} is not one of: {', '.join(HEADS)}")
+        if schedule.epochs < 1:
+            raise IbdcError("--epochs must be at least 1")
+        if len(modalities) != 2:
+            raise IbdcError(
+                f"--protocol retrieval needs exactly two paired modalities; {first.path} has "
+                f"{len(modalities)} ({', '.join(modalities)})"
+            )
+        self.schedule, self.modalities = schedule, modalities
+
+    def check(self, synthetic: SyntheticSet, store: Store) -> None:
+        if synthetic.input_modalities(self.modalities):
+            raise IbdcError(
+                f"{synthetic.path} holds model inputs (--space input); --protocol retrieval needs embeddings"
+            )
+        synthetic.check_against(store, self.modalities)
+
+    def synthetic_features(self, synthetic: SyntheticSet) -> tuple[Features, None]:
+        return {m: synthetic.tensors[m] for m in self.modalities}, None
+
+    def store_features(self, store: Store, synthetic: SyntheticSet, split: str) -> tuple[Features, None]:
+        return _store_pairs(store, self.modalities, synthetic.space_maps), None
+
+    def train(self, pairs: Features, labels: None, seed: int) -> dict[str, torch.nn.Module]:
+        return train_projection_heads(pairs, self.schedule, seed)
+
+    def score(self, heads: dict[str, torch.nn.Module], pairs: Features, labels: None) -> dict[str, float]:
+        return retrieval_scores(heads, pairs)
+
+    def result(self, sets, seeds, test_rows, metrics, train_rows) -> dict[str, Any]:
+        """`{"protocol": "retrieval", "sets", ..., "metrics": {"audio->text R@1": {"mean", "std", "runs",
+        "per_set", "set_std" [, "whole_mean", "whole_std", "whole_runs", "ratio"]}, ...} [, "train_pairs"]}`."""
+        first = sets[0]
+        result: dict[str, Any] = {
+            "protocol": "retrieval",
+            "metric": self.metric,
+            "sets": [str(s.path) for s in sets],
+            "method": first.method,
+            "dpc": first.dpc,
+            "pairs": int(first.tensors[self.modalities[0]].shape[0]),
+            "pseudo_labels": first.metadata.get("pseudo_labels"),
+            "modalities": self.modalities,
+            "test_pairs": test_rows,
+            "seeds": seeds,
+            "schedule": asdict(self.schedule),
+            "metrics": metrics,
+        }
+        if train_rows is not None:
+            result["train_pairs"] = train_rows
+        return result
 
 
-def _store_pairs(store, modalities: list[str], space_maps: dict[str, SpaceMap]) -> dict[str, torch.Tensor]:
-    """A store's paired embeddings, mapped into the synthetic set's space (its `center.<m>`/`whiten.<m>`)."""
+def _store_pairs(store: Store, modalities: list[str], space_maps: dict[str, SpaceMap]) -> dict[str, torch.Tensor]:
+    """A store's paired embeddings `{m: [N, D]}`, mapped into the synthetic set's space (`center.<m>`, `whiten.<m>`)."""
     data = store.load(modalities)
     if data[modalities[0]].shape[0] < 2:
         raise IbdcError(f"store {store.path} has {data[modalities[0]].shape[0]} rows; retrieval needs at least 2")

@@ -10,7 +10,7 @@ import torch
 
 from ibdc_cli.evaluation import RetrievalSchedule, evaluate, format_retrieval
 from ibdc_cli.evaluation.retrieval import recall_at_k
-from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set
+from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set, save_synthetic_set
 
 DIM = 16
 ENCODER = {"preset": "imagebind_tiny", "weights": "random-init", "seed": 0, "out_dim": DIM, "normalized": True}
@@ -255,6 +255,14 @@ def test_bad_input_exits_2(stores, pairs_set, tmp_path, cli):
     other = write_store(tmp_path / "other", paired(10, 2), encoder={**ENCODER, "seed": 7})
     result = cli("evaluate", pairs_set, "--test", other, "--protocol", "retrieval")
     assert result.code == 2 and "different encoders" in result.err
+
+    tensors, meta = load_synthetic_set(pairs_set)
+    narrow = tmp_path / "narrow.safetensors"  # rows of another dimension than the store's: once a traceback
+    save_synthetic_set(narrow, {**tensors, "audio": tensors["audio"][:, :8]}, meta)
+    result = cli("evaluate", narrow, *test)
+    assert result.code == 2 and "has dimension 16" in result.err, result
+    result = cli("inspect", narrow, "--plot", tmp_path / "narrow.png", "--real", stores["train"])
+    assert result.code == 2 and "has dimension 16" in result.err, result
 
     labeled = write_store(tmp_path / "labeled", paired(20, 3), classes=2)
     out = tmp_path / "x.safetensors"

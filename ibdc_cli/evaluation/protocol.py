@@ -77,6 +77,7 @@ class Protocol:
         synthetic.check_against(store, self.modalities)
 
     def synthetic_features(self, synthetic: SyntheticSet) -> tuple[Features, torch.Tensor | None]:
+        """The set's rows as the model trains on them, and their labels `[M]` (None: pairs only)."""
         raise NotImplementedError
 
     def store_features(self, store: Store, synthetic: SyntheticSet, split: str) -> tuple[Features, torch.Tensor | None]:
@@ -84,9 +85,11 @@ class Protocol:
         raise NotImplementedError
 
     def train(self, features: Features, labels: torch.Tensor | None, seed: int) -> Any:
+        """A model trained with the fixed schedule on `features`; `seed` sets its initialisation and batch order."""
         raise NotImplementedError
 
     def score(self, model: Any, features: Features, labels: torch.Tensor | None) -> dict[str, float]:
+        """`{metric: value in %}` of `model` on the (test) rows `features`."""
         raise NotImplementedError
 
     def described(self) -> dict[str, Any]:

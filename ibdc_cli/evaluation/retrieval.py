@@ -5,7 +5,7 @@ SPEC §4: one projection head per modality onto a shared space, trained with sym
 store's pairs (row i of one modality belongs with row i of the other). The schedule
 (`RetrievalSchedule`) is fixed; the test split is read only to score the heads.
 
-Example::
+Example (the runner, `ibdc_cli.evaluation.evaluate`)::
 
     result = evaluate("syn.safetensors", "stores/test", protocol="retrieval", seeds=3, train_store="stores/train")
     result["metrics"]["audio->text R@10"]["mean"]   # percent

@@ -310,7 +310,7 @@ def measure_scaling(args: argparse.Namespace) -> dict:
 def measure_accuracy(args: argparse.Namespace) -> dict:
     from ibdc_cli.condense import CondenseConfig, condense
     from ibdc_cli.demo import ensure_demo_stores
-    from ibdc_cli.evaluate import HeadSchedule, evaluate
+    from ibdc_cli.evaluation import HeadSchedule, evaluate
     from ibdc_cli.runtime import set_quiet
 
     set_quiet(True)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_table import at, cell, fsdd_stores, run_sets, table_config, whole_data  # noqa: E402
 
-from ibdc_cli.evaluate import HeadSchedule  # noqa: E402
+from ibdc_cli.evaluation import HeadSchedule  # noqa: E402
 
 
 def plot(report: dict, path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ibdc_cli.evaluate import HeadSchedule, fused_accuracy, train_heads
+from ibdc_cli.evaluation.heads import HeadSchedule, fused_accuracy, train_heads
 from ibdc_cli.space import fit_space_map, map_embeddings
 from ibdc_cli.store import open_store
 

@@ -57,7 +57,8 @@ import torch
 
 from ibdc_cli.condense import PRESETS, CondenseConfig, condense
 from ibdc_cli.demo import cache_dir
-from ibdc_cli.evaluate import HeadSchedule, evaluate, summarize_runs
+from ibdc_cli.evaluation import HeadSchedule, evaluate
+from ibdc_cli.evaluation.protocol import summarize_runs
 from ibdc_cli.space import SPACE_MAPS
 from ibdc_cli.store import INDEX_FILE
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ibdc_cli.demo import ensure_demo_stores
-from ibdc_cli.evaluate import HeadSchedule, fused_accuracy, train_heads
+from ibdc_cli.evaluation.heads import HeadSchedule, fused_accuracy, train_heads
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import open_store
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ibdc_cli.evaluate import HeadSchedule, fused_accuracy, train_heads
+from ibdc_cli.evaluation.heads import HeadSchedule, fused_accuracy, train_heads
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 from ibdc_cli.store import open_store
 

@@ -258,18 +258,12 @@ def evaluate(config: EvaluateConfig, as_json: bool) -> None:
 
     Example: ibdc evaluate pairs.safetensors --test stores/sn-test --protocol retrieval --train stores/sn-train
     """
-    from ibdc_cli.convnet_eval import ConvnetSchedule
     from ibdc_cli.demo import default_store
-    from ibdc_cli.evaluate import HeadSchedule, format_accuracy
-    from ibdc_cli.evaluate import evaluate as run_evaluate
-    from ibdc_cli.retrieval import RetrievalSchedule, format_retrieval
+    from ibdc_cli.evaluation import format_accuracy, format_retrieval, run_evaluate
 
-    test = config.test if config.test is not None else default_store("test")
-    schedule_type = {"convnet": ConvnetSchedule, "retrieval": RetrievalSchedule}.get(config.protocol, HeadSchedule)
-    schedule = schedule_type() if config.epochs is None else schedule_type(epochs=config.epochs)
-    options = _rest(config, "sets", "test", "epochs", "train")
-    result = run_evaluate(config.sets, test, schedule=schedule, train_store=config.train, **options)
-    result["config"] = config.recorded()
+    if config.test is None:
+        config = dataclasses.replace(config, test=str(default_store("test")))
+    result = run_evaluate(config)
     if as_json:
         _print_json(result)
         return

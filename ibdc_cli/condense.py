@@ -150,7 +150,7 @@ def condense(
         data[m] = map_embeddings(data[m], space_maps[m])
     class_names, pseudo = store.class_names, {}
     if not labeled:  # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
-        from ibdc_cli.retrieval import pseudo_classes
+        from ibdc_cli.methods.clusters import pseudo_classes
 
         data["labels"], class_names, pseudo = pseudo_classes(data, config.modalities, config.clusters, config.seed)
     per_class = _rows_per_class(data["labels"], len(class_names))

@@ -87,8 +87,9 @@ def run_demo(
     `train_rows`, `plot` (the PNG) and its `projection`.
     """
     from ibdc_cli.condense import CondenseConfig, condense
-    from ibdc_cli.evaluate import evaluate
-    from ibdc_cli.store import load_synthetic_set, open_store
+    from ibdc_cli.evaluation import evaluate
+    from ibdc_cli.store import open_store
+    from ibdc_cli.synthetic_set import SyntheticSet
     from ibdc_cli.visualize import plot_synthetic_set
 
     root = Path(root) if root is not None else cache_dir() / "demo"
@@ -104,15 +105,15 @@ def run_demo(
             log(f"condensing with {method} at DPC {dpc} -> {out}")
             condense(paths["train"], out, config, resume=True)
         # From the file, so a reused set reports the time it took when it was made.
-        tensors, meta = load_synthetic_set(out)
+        synthetic = SyntheticSet.load(out)
         log(f"evaluating {out.name} (linear heads, {seeds} seeds)")
         result = evaluate(out, paths["test"], seeds=seeds, train_store=None if whole else paths["train"])
         whole = whole or {k: result[k] for k in ("whole_mean", "whole_std", "whole_runs")}
         result.update(whole, ratio=result["mean"] / whole["whole_mean"] if whole["whole_mean"] else None)
         results[method] = {
             "synthetic_set": out,
-            "rows": int(tensors["labels"].numel()),
-            "condense_seconds": meta.get("wall_time_s"),
+            "rows": int(synthetic.labels.numel()),
+            "condense_seconds": synthetic.metadata.get("wall_time_s"),
             **result,
         }
     plot = root / f"{DEMO_METHODS[0]}-dpc{dpc}.png"

@@ -45,7 +45,7 @@ from ibdc_cli.data.preprocess import (  # noqa: E402
     CLIP_STD,
 )
 from ibdc_cli.errors import IbdcError  # noqa: E402
-from ibdc_cli.store import load_synthetic_set  # noqa: E402
+from ibdc_cli.synthetic_set import SyntheticSet  # noqa: E402
 from ibdc_cli.visualize import natural_class_order, save_png  # noqa: E402
 
 # ImageBind's Kaldi fbank: 25 ms windows (400 samples, zero-padded to 512 for the FFT), 10 ms hop.
@@ -74,7 +74,7 @@ def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool =
     Returns a JSON-ready summary: the directory, the number of files per kind, and the modalities.
     """
     path, out = Path(path), Path(out)
-    tensors, meta = load_synthetic_set(path)
+    synthetic = SyntheticSet.load(path)
     if out.exists() and not (overwrite and out.is_dir()):
         hint = "pass --overwrite to replace it" if out.is_dir() else "it is a file"
         raise IbdcError(f"--export {out} exists; choose another directory or {hint}")
@@ -82,7 +82,7 @@ def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool =
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         _make_public(work)
-        index = write_export(tensors, meta, work)
+        index = write_export(synthetic, work)
         _replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -90,15 +90,16 @@ def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool =
     kinds: dict[str, int] = {}
     for entry in index:
         kinds[entry["kind"]] = kinds.get(entry["kind"], 0) + 1
-    return {"export": str(out), "files": len(index) + 1, "kinds": kinds, "modalities": list(meta["modalities"])}
+    return {"export": str(out), "files": len(index) + 1, "kinds": kinds, "modalities": synthetic.modalities}
 
 
-def write_export(tensors: dict[str, torch.Tensor], meta: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+def write_export(synthetic: SyntheticSet, out: Path) -> list[dict[str, Any]]:
     """Write every export file of a loaded set into the existing directory `out`; returns the index rows."""
-    labels = tensors["labels"].long().tolist()
-    class_names = list(meta.get("class_names", []))
+    tensors = synthetic.tensors
+    labels = synthetic.labels.long().tolist()
+    class_names = synthetic.class_names
     names = [class_names[label] if label < len(class_names) else str(label) for label in labels]
-    spaces = meta.get("tensor_spaces", {})
+    spaces = synthetic.tensor_spaces
     index: list[dict[str, Any]] = []
 
     def add(file: Path, modality: str, kind: str, row: int | str = "") -> None:
@@ -108,7 +109,7 @@ def write_export(tensors: dict[str, torch.Tensor], meta: dict[str, Any], out: Pa
              "label": label, "class_name": name}
         )  # fmt: skip
 
-    for modality in meta["modalities"]:
+    for modality in synthetic.modalities:
         values = tensors[modality].float()
         if spaces.get(modality) != "input":
             np.save(out / f"{modality}.npy", values.numpy())
@@ -137,8 +138,8 @@ def write_export(tensors: dict[str, torch.Tensor], meta: dict[str, Any], out: Pa
                 Image.fromarray(picture).save(file)
                 add(file, modality, "image" if modality == "image" else "grey image", row)
         grid = out / f"{modality}_grid.png"
-        what = "real rows selected" if meta.get("kind") == "selection" else "synthetic rows"
-        _save_grid(grid, pictures, labels, class_names, f"{modality}: {what} per class ({meta.get('method')})")
+        what = "real rows selected" if synthetic.metadata.get("kind") == "selection" else "synthetic rows"
+        _save_grid(grid, pictures, labels, class_names, f"{modality}: {what} per class ({synthetic.method})")
         add(grid, modality, "grid")
 
     with open(out / "labels.csv", "w", newline="") as handle:

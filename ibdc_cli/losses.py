@@ -481,3 +481,27 @@ def avdd_loss(
         cgm = cgm + ((mu_real[a] - mu_real[b]) - (mu_syn[a] - mu_syn[b])).pow(2).sum()
     total = dm + lambda_icm * icm + lambda_cgm * cgm
     return {"dm": dm, "icm": icm, "cgm": cgm, "total": total}
+
+
+def info_nce(x: Tensor, y: Tensor, temperature: float, labels: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE (CLIP's loss) between paired rows `x` and `y` `[B, D]` (row i of each is one pair).
+
+    Both sides are L2-normalised, ``logits = x̂ ŷᵀ / temperature`` `[B, B]`, and the loss is the mean of
+    the x -> y and y -> x directions. The positive of row i is row i of the other side; with `labels`
+    `[B]`, every row of the same label (SupCon's L_out, Khosla et al. 2020, eq. 2: the mean
+    log-likelihood over the positives), for pairs that are only meaningful up to class. Without labels
+    it is cross-entropy against the diagonal, exactly; with all labels distinct it equals that up to
+    rounding.
+
+    Example::
+
+        loss = info_nce(audio_heads(a), text_heads(t), temperature=0.07)   # a, t: [B, D] paired rows
+    """
+    logits = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T / temperature
+    if labels is None:
+        target = torch.arange(len(x), device=x.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    positive = (labels[:, None] == labels[None, :]).float()  # [B, B]
+    x_to_y = -(positive * logits.log_softmax(dim=1)).sum(1) / positive.sum(1)
+    y_to_x = -(positive.T * logits.T.log_softmax(dim=1)).sum(1) / positive.sum(0)
+    return (x_to_y.mean() + y_to_x.mean()) / 2

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ibdc_cli.space import space_maps_of_set
 from ibdc_cli.store import open_store
+from ibdc_cli.synthetic_set import SyntheticSet
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -83,39 +83,36 @@ def sparkline(values: list[float], width: int = 40) -> str:
 
 def describe_synthetic(path: str | Path) -> dict[str, Any]:
     """What `ibdc inspect FILE` shows for a synthetic set or selection, as a JSON-ready dict."""
-    from ibdc_cli.store import load_synthetic_set
-
-    tensors, meta = load_synthetic_set(path)
+    synthetic = SyntheticSet.load(path)
+    tensors, meta = synthetic.tensors, synthetic.metadata
     history = meta.get("loss_history", {})
-    modalities = list(meta.get("modalities", []))
-    space_maps = space_maps_of_set(tensors, modalities)
     statistics = {
         m: space_map.center.numel() + (0 if space_map.whitening is None else space_map.whitening.numel())
-        for m, space_map in space_maps.items()
+        for m, space_map in synthetic.space_maps.items()
     }
     return {
         "kind": meta.get("kind"),
         "path": str(path),
         "format_version": meta.get("format_version"),
         "ibdc_version": meta.get("ibdc_version"),
-        "method": meta.get("method"),
+        "method": synthetic.method,
         "space": meta.get("space"),
-        "modalities": meta.get("modalities"),
+        "modalities": synthetic.modalities,
         "tensors": {
             name: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for name, t in tensors.items()
         },
-        "dpc": meta.get("dpc"),
-        "rows": int(tensors["labels"].numel()),
+        "dpc": synthetic.dpc,
+        "rows": int(synthetic.labels.numel()),
         # what the set carries besides its rows: the space map is a statistic of the whole training store
         "numbers": {
-            "rows": sum(tensors[m].numel() for m in modalities),
+            "rows": sum(tensors[m].numel() for m in synthetic.modalities),
             "statistics": sum(statistics.values()),
             "statistics_by_modality": statistics,
         },
         "rows_per_class": meta.get("rows_per_class", {}),
-        "class_names": meta.get("class_names", []),
-        "encoder": meta.get("encoder", {}),
-        "settings": meta.get("settings", {}),
+        "class_names": synthetic.class_names,
+        "encoder": synthetic.encoder,
+        "settings": synthetic.settings,
         "space_map": meta.get("space_map", "none"),
         "iterations": meta.get("iterations"),
         "final_loss": meta.get("final_loss"),

@@ -34,9 +34,9 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ibdc_cli.errors import IbdcError  # noqa: E402
-from ibdc_cli.evaluate import set_class_ids  # noqa: E402
-from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set  # noqa: E402
-from ibdc_cli.store import Store, atomic_write_bytes, load_synthetic_set, open_store  # noqa: E402
+from ibdc_cli.space import map_embeddings  # noqa: E402
+from ibdc_cli.store import Store, atomic_write_bytes, open_store  # noqa: E402
+from ibdc_cli.synthetic_set import SyntheticSet  # noqa: E402
 
 PROJECTIONS = ("pca", "tsne")
 PROJECTION_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
@@ -88,16 +88,14 @@ def plot_synthetic_set(
     recorded checkpoint path moved. Returns a JSON-ready summary of what was drawn.
     """
     _check_options(out, projection, per_class, overwrite)
-    path = Path(path)
-    tensors, meta = load_synthetic_set(path)
+    synthetic = SyntheticSet.load(path)
+    path, meta = synthetic.path, synthetic.metadata
     store = _real_store(path, meta, real)
-    modalities = list(meta["modalities"])
-    _check_same_encoder(meta, store, modalities, path)
-    class_names = list(meta["class_names"])
-    synthetic = synthetic_embeddings(tensors, meta, path, checkpoint=checkpoint)
-    space_maps = space_maps_of_set(tensors, modalities)
-    real_features, real_labels = real_embeddings(store, modalities, class_names, space_maps, per_class, seed)
-    syn_labels = tensors["labels"].long().numpy()
+    modalities, class_names, space_maps = synthetic.modalities, synthetic.class_names, synthetic.space_maps
+    synthetic.check_against(store, fix="pass the right --real STORE")
+    rows = {m: x.float().cpu() for m, x in synthetic.embeddings(checkpoint=checkpoint).items()}  # {m: [M, D]}
+    real_features, real_labels = real_embeddings(store, synthetic, per_class, seed)
+    syn_labels = synthetic.labels.long().numpy()
 
     history = {term: values for term, values in meta.get("loss_history", {}).items() if values}
     panels = [*modalities, "loss"] if history else modalities  # a selection has no loss curves
@@ -105,24 +103,22 @@ def plot_synthetic_set(
     figure, axes = _figure(len(panels))
     colours = class_colours(class_names)
     for ax, modality in zip(axes, modalities, strict=False):
-        real_xy, syn_xy, axis_names = project(
-            real_features[modality].numpy(), synthetic[modality].numpy(), projection, seed
-        )
+        real_xy, syn_xy, axis_names = project(real_features[modality].numpy(), rows[modality].numpy(), projection, seed)
         draw_real_and_synthetic(ax, real_xy, real_labels, syn_xy, syn_labels, colours)
-        space = meta.get("tensor_spaces", {}).get(modality, "embedding")
+        space = synthetic.tensor_spaces.get(modality, "embedding")
         mapped = f", {meta.get('space_map', 'center')} map" if modality in space_maps else ""
-        ax.set_title(f"{modality} ({synthetic[modality].shape[1]}-d, {space} space{mapped})")
+        ax.set_title(f"{modality} ({rows[modality].shape[1]}-d, {space} space{mapped})")
         ax.set_xlabel(axis_names[0])
         ax.set_ylabel(axis_names[1])
     terms_off: dict[str, str] = {}
     if history:
-        terms_off = loss_terms_off(history, meta.get("settings", {}), meta.get("method"))
+        terms_off = loss_terms_off(history, synthetic.settings, synthetic.method)
         plot_loss_history(axes[len(modalities)], history, terms_off)
     _hide_unused(axes, len(panels))
     rows_name = "selected real rows" if selection else "synthetic rows"
     _legend(figure, class_names, colours, synthetic_label=rows_name.removesuffix("s"))
     figure.suptitle(
-        f"{path.name}: {meta.get('method')}, DPC {meta.get('dpc')}, {meta.get('space')} space"
+        f"{path.name}: {synthetic.method}, DPC {synthetic.dpc}, {meta.get('space')} space"
         f"{' (a selection: no loss curves)' if selection else ''}\n"
         f"dots: real rows of {store.path.name}; circles with black edges (on top): {rows_name}; "
         f"{PROJECTION_NAMES[projection]}",
@@ -189,41 +185,19 @@ def plot_store(
 # data: real and synthetic embeddings in the same space
 
 
-def synthetic_embeddings(
-    tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path, *, checkpoint: str | Path | None = None
-) -> dict[str, torch.Tensor]:
-    """`{m: [M, D]}` float32: the set's rows in the space it was condensed in.
-
-    Embedding-space tensors are already there; input-space tensors (pixels, fbanks) are embedded with the
-    set's recorded encoder and mapped by its space maps, exactly as `ibdc evaluate` does.
-    """
-    from ibdc_cli.evaluate import embed_synthetic_inputs
-
-    spaces = meta.get("tensor_spaces", {})
-    inputs = [m for m in meta["modalities"] if spaces.get(m) == "input"]
-    features = {m: tensors[m] for m in meta["modalities"] if m not in inputs}
-    if inputs:
-        features.update(embed_synthetic_inputs(tensors, meta, inputs, path, checkpoint))
-    return {m: features[m].float().cpu() for m in meta["modalities"]}
-
-
 def real_embeddings(
-    store: Store,
-    modalities: list[str],
-    class_names: list[str],
-    space_maps: dict[str, SpaceMap],
-    per_class: int,
-    seed: int = 0,
+    store: Store, synthetic: SyntheticSet, per_class: int, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """At most `per_class` real rows per class, `{m: [N, D]}` mapped like the synthetic set, and their
     labels `[N]` as the set's class ids (matched by class name; -1 for a store without labels)."""
+    modalities, space_maps = synthetic.modalities, synthetic.space_maps
     data = store.load(modalities)
     if store.class_names:
-        labels = set_class_ids(store, class_names, data["labels"])
+        labels = synthetic.store_class_ids(store, data["labels"])
         keep = subsample_per_class(labels, per_class, seed)
     else:  # paired data without classes (the set's classes are pseudo-classes): draw the rows unlabelled
         labels = torch.full((len(data["row"]),), -1, dtype=torch.long)
-        keep = subsample_per_class(labels, per_class * max(1, len(class_names)), seed)
+        keep = subsample_per_class(labels, per_class * max(1, len(synthetic.class_names)), seed)
     features = {m: map_embeddings(data[m][keep], space_maps.get(m)) for m in modalities}
     return features, labels[keep].numpy()
 
@@ -497,16 +471,3 @@ def _real_store(path: Path, meta: dict[str, Any], real: str | Path | None) -> St
     if not Path(recorded).exists():
         raise IbdcError(f"{path} was made from store {recorded}, which no longer exists; pass --real STORE")
     return open_store(recorded)
-
-
-def _check_same_encoder(meta: dict[str, Any], store: Store, modalities: list[str], path: Path) -> None:
-    from ibdc_cli.encoders.imagebind import same_encoder
-
-    if not same_encoder(meta.get("encoder", {}), store.encoder):
-        raise IbdcError(
-            f"{path} and store {store.path} come from different encoders "
-            f"({meta.get('encoder', {}).get('preset')} vs {store.encoder.get('preset')}); pass the right --real STORE"
-        )
-    missing = [m for m in modalities if m not in store.modalities]
-    if missing:
-        raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")

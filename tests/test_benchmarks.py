@@ -84,7 +84,8 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, monkeypatch):
     import paper_table
 
     import ibdc_cli.condense
-    import ibdc_cli.evaluate
+    import ibdc_cli.evaluation
+    import ibdc_cli.evaluation.protocol
     import ibdc_cli.store
 
     poison = tmp_path / "test-store"
@@ -96,7 +97,7 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, monkeypatch):
             raise AssertionError("the selection read the test store")
         return real_open(path, *args, **kwargs)
 
-    for module in (ibdc_cli.store, ibdc_cli.evaluate, ibdc_cli.condense):
+    for module in (ibdc_cli.store, ibdc_cli.evaluation, ibdc_cli.evaluation.protocol, ibdc_cli.condense):
         monkeypatch.setattr(module, "open_store", guarded_open)
     stores = {"train": digits["train"], "val": digits["test"], "test": poison}  # av-digits test plays val here
     monkeypatch.setattr(paper_table, "fsdd_stores", lambda args, encoder: (stores, {"dataset": "stub"}))
@@ -107,7 +108,7 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, monkeypatch):
     select = json.loads(out.read_text())["encoders"]["random"]["select"]
     assert select["split"] == "val" and set(select["best"]["dm"]) == {"1"}
     with pytest.raises(AssertionError, match="read the test store"):  # and the guard does bite
-        ibdc_cli.evaluate.open_store(poison)
+        ibdc_cli.evaluation.open_store(poison)
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import record_shard_hashes
 
-from ibdc_cli.evaluate import HeadSchedule, train_heads
+from ibdc_cli.evaluation import evaluate
+from ibdc_cli.evaluation.heads import HeadSchedule, train_heads
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,10 @@ def test_heads_ignore_the_test_split(digits, syn):
 def test_shuffled_test_labels_change_only_the_score(digits, syn, tmp_path, cli):
     """Shuffling the test store's labels leaves the trained heads (hence the seeds' runs on the real labels)
     untouched; only the score changes. The evaluation picks no epoch or setting by test accuracy."""
-    import ibdc_cli.evaluate as ev
+    import ibdc_cli.evaluation.heads as heads
 
     trained = []
-    real_train = ev.train_heads
+    real_train = heads.train_heads
 
     def spy(*args, **kwargs):
         heads = real_train(*args, **kwargs)
@@ -87,12 +88,12 @@ def test_shuffled_test_labels_change_only_the_score(digits, syn, tmp_path, cli):
         ]
         save_file(tensors, shard)
     record_shard_hashes(shuffled)
-    ev.train_heads = spy
+    heads.train_heads = spy
     try:
-        one = ev.evaluate(syn, digits["test"], seeds=1, schedule=HeadSchedule(epochs=30))
-        two = ev.evaluate(syn, shuffled, seeds=1, schedule=HeadSchedule(epochs=30))
+        one = evaluate(syn, digits["test"], seeds=1, schedule=HeadSchedule(epochs=30))
+        two = evaluate(syn, shuffled, seeds=1, schedule=HeadSchedule(epochs=30))
     finally:
-        ev.train_heads = real_train
+        heads.train_heads = real_train
     for m in trained[0]:
         for pa, pb in zip(trained[0][m], trained[1][m], strict=True):
             assert torch.equal(pa, pb)
@@ -163,8 +164,6 @@ def test_several_sets_mean_over_sets_and_head_seeds(digits, seed_sets, cli):
 
 def test_several_sets_are_the_single_sets_runs_together(digits, seed_sets):
     """Evaluating sets together scores each set as evaluating it alone does."""
-    from ibdc_cli.evaluate import evaluate
-
     schedule = HeadSchedule(epochs=10)
     together = evaluate(seed_sets[:2], digits["test"], seeds=2, schedule=schedule)
     alone = [evaluate(path, digits["test"], seeds=2, schedule=schedule) for path in seed_sets[:2]]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import record_shard_hashes
 
-from ibdc_cli.convnet_eval import ConvnetSchedule
+from ibdc_cli.evaluation import ConvnetSchedule, HeadSchedule, evaluate, format_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,6 @@ def _copy_store(store, tmp_path, name, edit=None, shard_edit=None):
 def test_linear_embeds_input_space_sets_with_the_recorded_encoder(digits, input_set, tmp_path):
     """linear on an input-space set = linear on the same set embedded by hand and saved in embedding space."""
     from ibdc_cli.encoders.imagebind import load_encoder
-    from ibdc_cli.evaluate import HeadSchedule, evaluate
     from ibdc_cli.space import map_embeddings, space_maps_of_set
     from ibdc_cli.store import load_synthetic_set, save_synthetic_set
 
@@ -111,7 +110,7 @@ def test_convnet_json_schema_and_whole_data(digits, input_set, cli):
 
 
 def test_network_input_pools_to_the_documented_resolution():
-    from ibdc_cli.convnet_eval import network_input
+    from ibdc_cli.evaluation.convnet import network_input
 
     assert network_input(torch.zeros(2, 3, 224, 224), 32).shape == (2, 3, 32, 32)
     assert network_input(torch.zeros(2, 3, 1, 128, 204), 32).shape == (2, 3, 32, 51)
@@ -120,8 +119,7 @@ def test_network_input_pools_to_the_documented_resolution():
 
 def test_shuffled_test_labels_leave_the_convnets_identical(digits, input_set, tmp_path):
     """The test split is read only to score: the trained ConvNets are the same whatever its labels are."""
-    import ibdc_cli.convnet_eval as ce
-    from ibdc_cli.evaluate import evaluate
+    import ibdc_cli.evaluation.convnet as ce
 
     def shuffle(tensors):
         order = torch.randperm(len(tensors["labels"]), generator=torch.Generator().manual_seed(0))
@@ -153,7 +151,6 @@ def test_shuffled_test_labels_leave_the_convnets_identical(digits, input_set, tm
 def test_convnet_over_several_sets(digits, tmp_path):
     """Input-space random selections with condensation seeds 0 and 1: ConvNet accuracy over 2 sets x 1 seed."""
     from ibdc_cli.condense import CondenseConfig, condense
-    from ibdc_cli.evaluate import evaluate, format_accuracy
 
     sets = [tmp_path / f"input-{seed}.safetensors" for seed in (0, 1)]
     for seed, out in enumerate(sets):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibdc_cli.retrieval import RetrievalSchedule, evaluate_retrieval, recall_at_k
-from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set
+from ibdc_cli.evaluation import RetrievalSchedule, evaluate, format_retrieval
+from ibdc_cli.evaluation.retrieval import recall_at_k
+from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set, save_synthetic_set
 
 DIM = 16
 ENCODER = {"preset": "imagebind_tiny", "weights": "random-init", "seed": 0, "out_dim": DIM, "normalized": True}
@@ -95,11 +96,41 @@ def test_recall_ties_count_against_the_match():
         recall_at_k(torch.ones(3, 4), torch.ones(4, 4))
 
 
+def test_info_nce_without_labels_is_clips_loss():
+    """`losses.info_nce` without labels is the loss the retrieval protocol trained with before it moved to
+    losses.py, bit for bit (cross-entropy of the cosine logits against the diagonal, both ways); with
+    labels it is bind's SupCon form."""
+    import torch.nn.functional as F
+
+    from ibdc_cli.bind import info_nce as bind_info_nce
+    from ibdc_cli.losses import info_nce
+
+    def retrieval_info_nce(a, b, temperature):  # ibdc_cli/retrieval.py's, as it was
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    g = torch.Generator().manual_seed(0)
+    for batch, dim in ((2, 3), (7, 16), (64, 128)):
+        a, b = 3 * torch.randn(batch, dim, generator=g), torch.randn(batch, dim, generator=g) + 1
+        for temperature in (0.07, 1.0):
+            expected = retrieval_info_nce(a, b, temperature)
+            assert torch.equal(info_nce(a, b, temperature), expected)
+            distinct = info_nce(a, b, temperature, labels=torch.arange(batch))
+            assert torch.allclose(distinct, expected, rtol=1e-6, atol=1e-6)
+            labels = torch.randint(0, 3, (batch,), generator=g)
+            x, y = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+            supcon = bind_info_nce(x, y, temperature, labels)
+            assert torch.allclose(info_nce(a, b, temperature, labels), supcon, rtol=1e-6, atol=1e-6)
+
+
 # -------------------------------------------------------------------------------------------- protocol
 
 
 def test_protocol_learns_pairs_and_whole_data(stores, pairs_set):
-    result = evaluate_retrieval(pairs_set, stores["test"], seeds=2, train_store=stores["train"], schedule=FAST)
+    result = evaluate(
+        pairs_set, stores["test"], protocol="retrieval", seeds=2, train_store=stores["train"], schedule=FAST
+    )
     assert result["protocol"] == "retrieval" and result["pairs"] == 40 and result["test_pairs"] == 60
     assert result["pseudo_labels"] == "none"
     names = {f"{q}->{g} R@{k}" for q, g in (("audio", "text"), ("text", "audio")) for k in (1, 5, 10)}
@@ -114,7 +145,7 @@ def test_protocol_learns_pairs_and_whole_data(stores, pairs_set):
 
 def test_heads_never_see_the_test_split(stores, pairs_set, tmp_path, monkeypatch):
     """Shuffling the test pairs changes only the score: the trained heads are identical."""
-    import ibdc_cli.retrieval as retrieval
+    import ibdc_cli.evaluation.retrieval as retrieval
 
     trained = []
     real_train = retrieval.train_projection_heads
@@ -127,8 +158,8 @@ def test_heads_never_see_the_test_split(stores, pairs_set, tmp_path, monkeypatch
     monkeypatch.setattr(retrieval, "train_projection_heads", spy)
     test = paired(60, 1)
     shuffled = {"audio": test["audio"], "text": test["text"][torch.randperm(60)]}
-    a = evaluate_retrieval(pairs_set, stores["test"], seeds=1, schedule=FAST)
-    b = evaluate_retrieval(pairs_set, write_store(tmp_path / "shuffled", shuffled), seeds=1, schedule=FAST)
+    a = evaluate(pairs_set, stores["test"], protocol="retrieval", seeds=1, schedule=FAST)
+    b = evaluate(pairs_set, write_store(tmp_path / "shuffled", shuffled), protocol="retrieval", seeds=1, schedule=FAST)
     assert all(torch.equal(x, y) for x, y in zip(trained[0], trained[1], strict=True))
     assert b["metrics"]["audio->text R@10"]["mean"] < a["metrics"]["audio->text R@10"]["mean"]
 
@@ -153,11 +184,12 @@ def test_several_sets_recalls_over_sets_and_seeds(stores, pairs_set, tmp_path, c
     import statistics
 
     from ibdc_cli.condense import CondenseConfig, condense
-    from ibdc_cli.retrieval import format_retrieval
 
     other = tmp_path / "random-1.safetensors"
     condense(stores["train"], other, CondenseConfig(modalities=["audio", "text"], dpc=40, method="random", seed=1))
-    result = evaluate_retrieval([pairs_set, other], stores["test"], seeds=2, train_store=stores["train"], schedule=FAST)
+    result = evaluate(
+        [pairs_set, other], stores["test"], protocol="retrieval", seeds=2, train_store=stores["train"], schedule=FAST
+    )
     assert result["sets"] == [str(pairs_set), str(other)] and result["seeds"] == 2
     for block in result["metrics"].values():
         values = [r["value"] for r in block["runs"]]
@@ -223,6 +255,14 @@ def test_bad_input_exits_2(stores, pairs_set, tmp_path, cli):
     other = write_store(tmp_path / "other", paired(10, 2), encoder={**ENCODER, "seed": 7})
     result = cli("evaluate", pairs_set, "--test", other, "--protocol", "retrieval")
     assert result.code == 2 and "different encoders" in result.err
+
+    tensors, meta = load_synthetic_set(pairs_set)
+    narrow = tmp_path / "narrow.safetensors"  # rows of another dimension than the store's: once a traceback
+    save_synthetic_set(narrow, {**tensors, "audio": tensors["audio"][:, :8]}, meta)
+    result = cli("evaluate", narrow, *test)
+    assert result.code == 2 and "has dimension 16" in result.err, result
+    result = cli("inspect", narrow, "--plot", tmp_path / "narrow.png", "--real", stores["train"])
+    assert result.code == 2 and "has dimension 16" in result.err, result
 
     labeled = write_store(tmp_path / "labeled", paired(20, 3), classes=2)
     out = tmp_path / "x.safetensors"

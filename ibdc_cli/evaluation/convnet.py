@@ -32,11 +32,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.preprocess import INPUT_SHAPES, load
 from ibdc_cli.encoders.convnet import ConvNet
 from ibdc_cli.errors import IbdcError
+from ibdc_cli.evaluation.protocol import Features, Protocol
 from ibdc_cli.runtime import autocast, log, progress_bar
-from ibdc_cli.store import Store, open_store
+from ibdc_cli.store import Store
+from ibdc_cli.synthetic_set import SyntheticSet
 
 
 @dataclass
@@ -122,120 +125,99 @@ def fused_accuracy(
     return float((probs.argmax(-1) == labels).float().mean())
 
 
-def convnet_modalities(meta: dict[str, Any], modalities: list[str], path) -> list[str]:
+def convnet_modalities(synthetic: SyntheticSet, modalities: list[str]) -> list[str]:
     """The modalities of `modalities` that the set holds as model inputs; an embedding-space set is refused."""
-    spaces = meta.get("tensor_spaces", {})
-    chosen = [m for m in modalities if spaces.get(m) == "input"]
+    chosen = synthetic.input_modalities(modalities)
     if not chosen:
-        raise IbdcError(f"{path}: convnet needs an input-space set (--space input); this one holds embeddings")
+        raise IbdcError(
+            f"{synthetic.path}: convnet needs an input-space set (--space input); this one holds embeddings"
+        )
     skipped = [m for m in modalities if m not in chosen]
     if skipped:
         log(f"convnet: {', '.join(skipped)} stays in embedding space and has no ConvNet; fusing {', '.join(chosen)}")
     return chosen
 
 
-def evaluate_convnet(
-    sets: list[tuple[Path, dict[str, torch.Tensor], dict[str, Any]]],
-    test: Store,
-    modalities: list[str],
-    *,
-    seeds: int,
-    schedule: ConvnetSchedule,
-    train_store: str | Path | None = None,
-    test_manifest: str | Path | None = None,
-    train_manifest: str | Path | None = None,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy of ConvNets trained on the synthetic inputs of each of `sets` (`evaluate.load_sets`), on the
-    real test rows: mean ± std over sets x `seeds` (`evaluate.summarize_sets`)."""
-    from ibdc_cli.evaluate import _check_compatible, summarize_sets, whole_data_fields
+class ConvnetProtocol(Protocol):
+    """ConvNets per input-space modality of `modalities`, trained with `schedule` on `device` under
+    `precision`, scored on the real rows read from the stores' manifests (`manifests`: `{"test": path or
+    None, "train": ...}`, None = the path the store records)."""
 
-    if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.resolution < 0:
-        raise IbdcError("--epochs and the batch size must be at least 1")
-    first, _, meta = sets[0]
-    modalities = convnet_modalities(meta, modalities, first)
-    class_names = list(meta["class_names"])
-    for path, tensors, set_meta in sets:
-        for m in modalities:
-            if tuple(tensors[m].shape[1:]) != INPUT_SHAPES[m]:
-                raise IbdcError(f"{path}: {m!r} has shape {tuple(tensors[m].shape)}, not [n, {INPUT_SHAPES[m]}]")
-        _check_compatible(set_meta, test, modalities, path)
-    test_inputs, test_labels, test_path = store_inputs(
-        test, modalities, class_names, test_manifest, "--test-manifest", schedule.resolution
-    )
+    name = "convnet"
+    metric = "top-1 accuracy (%)"
+    models = "ConvNets"
 
-    runs = []
-    for path, tensors, _ in sets:
-        syn_inputs = {m: network_input(tensors[m], schedule.resolution) for m in modalities}
-        syn_labels = tensors["labels"].long()
-        for seed in range(seeds):
-            nets = train_convnets(
-                syn_inputs,
-                syn_labels,
-                len(class_names),
-                schedule=schedule,
-                seed=seed,
-                device=device,
-                precision=precision,
-            )
-            runs.append(
-                {
-                    "set": str(path),
-                    "seed": seed,
-                    "value": 100.0 * fused_accuracy(nets, test_inputs, test_labels, precision),
-                }
-            )
-    result: dict[str, Any] = {
-        "protocol": "convnet",
-        "metric": "top-1 accuracy (%)",
-        "sets": [str(path) for path, _, _ in sets],
-        "seeds": seeds,
-        "method": meta.get("method"),
-        "dpc": meta.get("dpc"),
-        "modalities": modalities,
-        "test_rows": int(test_labels.numel()),
-        "test_manifest": str(test_path),
-        "schedule": vars(schedule),
-        **summarize_sets(runs),
-    }
-    if train_store is not None:
-        train = open_store(train_store)
-        _check_compatible(meta, train, modalities, train_store)
-        train_inputs, train_labels, _ = store_inputs(
-            train, modalities, class_names, train_manifest, "--train-manifest", schedule.resolution
+    def __init__(
+        self,
+        schedule: ConvnetSchedule,
+        first: SyntheticSet,
+        modalities: list[str],
+        *,
+        manifests: dict[str, str | Path | None],
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ) -> None:
+        if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.resolution < 0:
+            raise IbdcError("--epochs and the batch size must be at least 1")
+        self.schedule, self.modalities = schedule, convnet_modalities(first, modalities)
+        self.classes = len(first.class_names)
+        self.manifests, self.device, self.precision = manifests, device, precision
+        self.manifest_paths: dict[str, Path] = {}  # the manifests read, per split
+
+    def check(self, synthetic: SyntheticSet, store: Store) -> None:
+        for m in self.modalities:
+            shape = tuple(synthetic.tensors[m].shape)
+            if shape[1:] != INPUT_SHAPES[m]:
+                raise IbdcError(f"{synthetic.path}: {m!r} has shape {shape}, not [n, {INPUT_SHAPES[m]}]")
+        synthetic.check_against(store, self.modalities)
+
+    def synthetic_features(self, synthetic: SyntheticSet) -> tuple[Features, torch.Tensor]:
+        """The set's model inputs as the networks see them (`network_input`), and its labels `[M]`."""
+        inputs = {m: network_input(synthetic.tensors[m], self.schedule.resolution) for m in self.modalities}
+        return inputs, synthetic.labels.long()
+
+    def store_features(self, store: Store, synthetic: SyntheticSet, split: str) -> tuple[Features, torch.Tensor]:
+        inputs, labels, path = store_inputs(
+            store,
+            synthetic,
+            self.modalities,
+            self.manifests.get(split),
+            f"--{split}-manifest",
+            self.schedule.resolution,
         )
-        log(f"training the same ConvNets on the whole store {train.path} ({train_labels.numel()} rows)")
-        whole = []
-        for seed in range(seeds):
-            nets = train_convnets(
-                train_inputs,
-                train_labels,
-                len(class_names),
-                schedule=schedule,
-                seed=seed,
-                device=device,
-                precision=precision,
-            )
-            whole.append(100.0 * fused_accuracy(nets, test_inputs, test_labels, precision))
-        result.update(whole_data_fields(result["mean"], whole))
-    return result
+        self.manifest_paths[split] = path
+        return inputs, labels
+
+    def train(self, inputs: Features, labels: torch.Tensor, seed: int) -> dict[str, ConvNet]:
+        return train_convnets(
+            inputs,
+            labels,
+            self.classes,
+            schedule=self.schedule,
+            seed=seed,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def score(self, nets: dict[str, ConvNet], inputs: Features, labels: torch.Tensor) -> dict[str, float]:
+        return {self.metric: 100.0 * fused_accuracy(nets, inputs, labels, self.precision)}
+
+    def described(self) -> dict[str, Any]:
+        return {"test_manifest": str(self.manifest_paths["test"])}
 
 
 def store_inputs(
     store: Store,
+    synthetic: SyntheticSet,
     modalities: list[str],
-    class_names: list[str],
     manifest: str | Path | None,
     option: str,
     resolution: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Path]:
     """Network inputs `{m: [N, C, h, w]}` of a store's rows, read from its manifest, with the store's
-    labels mapped to the synthetic set's class ids by name, and the manifest's path."""
-    from ibdc_cli.evaluate import set_class_ids
-
+    labels `[N]` mapped to the synthetic set's class ids by name, and the manifest's path."""
     data = store.load([])
-    labels, rows = set_class_ids(store, class_names, data["labels"]), data["row"]
+    labels, rows = synthetic.store_class_ids(store, data["labels"]), data["row"]
     recorded = store.index.get("manifest") or {}
     path = Path(manifest) if manifest is not None else Path(recorded.get("path", ""))
     if not path.is_file():
@@ -259,8 +241,6 @@ def _manifest_inputs(
     path: str, mtime_ns: int, modalities, rows, resolution: int, sha256: str | None, store: str, option: str
 ):
     """Preprocessed, pooled inputs of manifest `rows`; cached so that repeated evaluations read media once."""
-    from ibdc_cli.data.manifest import read_manifest
-
     manifest = read_manifest(path, list(modalities), require_label=False)
     if sha256 and manifest.sha256 != sha256:
         raise IbdcError(

@@ -45,9 +45,18 @@ from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
 from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PREFIX, Encoder, load_encoder
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import announce, encoder_words, log, process_state, progress_bar, resolve_device
+from ibdc_cli.runtime import (
+    announce,
+    encoder_words,
+    log,
+    process_state,
+    progress_bar,
+    raise_job_error,
+    resolve_device,
+    start_output_job,
+)
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
-from ibdc_cli.store import atomic_save_tensors, file_sha256, output_lock, prepare_partial_dir, read_tensors
+from ibdc_cli.store import atomic_save_tensors, file_sha256, partial_dir, read_tensors
 
 BOUND_FORMAT = "ibdc-bound-encoder"
 BOUND_VERSION = 1
@@ -72,11 +81,6 @@ class BindResult:
     @property
     def after(self) -> dict[str, dict[str, float]]:
         return self.metadata.get("metrics", {}).get("after", {})
-
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished bind keeps its job description and last epoch's state: `.NAME.partial`."""
-    return out.parent / f".{out.name}.partial"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ def bind_encoder(
         out=out,
     )
 
-    with output_lock(out):  # a second bind to this --out exits 2 here, touching nothing
+    with contextlib.ExitStack() as stack:
         job = {
             "preset": model,
             "start": encoder.describe()["weights"],
@@ -184,20 +188,23 @@ def bind_encoder(
             **settings,
         }
         work = partial_dir(out)
-        prepare_partial_dir(work, job, resume)
+        # state None: a world of one (the other processes have returned). A second bind to this --out
+        # exits 2 here, touching nothing.
+        start_output_job(stack, None, out, work, job, resume)
         resuming = resume and (work / "state.safetensors").exists()
         if resume and not resuming:
             log(f"--resume: no finished epoch in {work}; starting from the beginning")
+        error = None
         try:
             data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
             if val_manifest is not None:
                 val_data = load_rows(
                     encoder, held_out, modalities, anchor, held_out_has, batch_size, workers, torch_device
                 )
-        except IbdcError:
-            if not (work / "state.safetensors").exists():
-                shutil.rmtree(work, ignore_errors=True)
-            raise
+        except IbdcError as exc:
+            error = exc
+        # bad media leaves nothing behind, but an earlier run's finished epoch is kept for --resume
+        raise_job_error(None, work, error, keep=(work / "state.safetensors").exists())
         if resuming:
             log(f"resuming the unfinished bind in {work}")
 

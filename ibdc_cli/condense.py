@@ -52,6 +52,7 @@ from ibdc_cli.store import (
     atomic_save_tensors,
     drop_damaged,
     open_store,
+    partial_dir,
     read_tensors,
     save_synthetic_set,
 )
@@ -209,10 +210,6 @@ def class_generator(seed: int, class_id: int) -> torch.Generator:
     """The random stream of one class: independent of the process count and of the other classes."""
     state = np.random.SeedSequence([seed, class_id]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
 
 
 # ----------------------------------------------------------------------------------------------------

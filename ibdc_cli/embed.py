@@ -36,8 +36,8 @@ from ibdc_cli.runtime import (
     log,
     process_state,
     progress_bar,
+    raise_job_error,
     resolve_device,
-    shared_error,
     start_output_job,
 )
 from ibdc_cli.store import (
@@ -48,6 +48,7 @@ from ibdc_cli.store import (
     atomic_write_json,
     drop_damaged,
     file_sha256,
+    partial_dir,
     read_tensors,
 )
 
@@ -58,11 +59,6 @@ class EmbedResult:
     rows: int
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished embed keeps its parts: `.NAME.partial` beside the store."""
-    return out.parent / f".{out.name}.partial"
 
 
 class _RowDataset(Dataset):
@@ -210,11 +206,8 @@ def embed_manifest(
                     )
         except IbdcError as exc:
             error = exc
-        error = shared_error(state, error)  # a bad row in any process stops every process
-        if error is not None:
-            if state.is_main_process and not resume:  # a resumed run keeps the finished parts
-                shutil.rmtree(work, ignore_errors=True)
-            raise error
+        # a bad row in any process stops every process; a resumed run keeps the finished parts
+        raise_job_error(state, work, error, keep=resume)
         stored = 0
         if state.is_main_process:
             stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)

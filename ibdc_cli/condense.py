@@ -56,6 +56,7 @@ from ibdc_cli.store import (
     read_tensors,
     save_synthetic_set,
 )
+from ibdc_cli.training_state import load_training_state, save_training_state
 
 SYNTHESIS_METHODS = ("imagebinddc", "dm", "avdd")
 METHODS = (*SYNTHESIS_METHODS, *SELECTION_METHODS)
@@ -570,31 +571,14 @@ def _frequency_bank(data, per_class, classes: list[int], config: CondenseConfig,
 
 
 def _save_class_state(path: Path, params, optimizer, generator, history) -> None:
-    tensors = {f"param.{m}": p.detach().cpu() for m, p in params.items()}
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        for key, value in optimizer.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{i}.{key}"] = value.detach().cpu()
-    tensors["generator"] = generator.get_state()
-    atomic_save_tensors(path, tensors, metadata={"history": json.dumps(history), "params": json.dumps(list(params))})
+    save_training_state(path, params, optimizer, {"class": generator}, {"history": history})
 
 
 def _load_class_state(path: Path, params, optimizer, generator) -> tuple[int, list]:
     if not path.exists():
         return 0, []
-    tensors, metadata = read_tensors(path, "condensation checkpoint")
-    with torch.no_grad():
-        for m, p in params.items():
-            p.copy_(tensors[f"param.{m}"])
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        state = {key.split(".", 2)[2]: v.to(p.device) for key, v in tensors.items() if key.startswith(f"opt.{i}.")}
-        if state:
-            if "step" in state:
-                state["step"] = state["step"].cpu()
-            optimizer.state[p] = state
-    generator.set_state(tensors["generator"])
-    history = json.loads(metadata["history"])
-    return len(history), history
+    metadata = load_training_state(path, params, optimizer, {"class": generator}, what="condensation checkpoint")
+    return len(metadata["history"]), metadata["history"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -32,10 +32,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ibdc_cli.bind import _check_rows, load_rows, mean_cosine
 from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
 from ibdc_cli.data.manifest import read_manifest
+from ibdc_cli.data.pairs import load_rows
+from ibdc_cli.data.rows import present_cells
 from ibdc_cli.encoders.imagebind import MODALITY_KEYS, load_encoder
+from ibdc_cli.encoders.metrics import mean_cosine
 from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
 
 
@@ -96,7 +98,7 @@ def main() -> None:
         build_fsdd_mnist(Path(folder) / "data", source=Path(args.source))
         for split in ("train", "val"):
             manifest = read_manifest(Path(folder) / "data" / f"{split}.csv", ["image", "audio"])
-            has = _check_rows(manifest, ["image", "audio"], "image")
+            has = present_cells(manifest, ["image", "audio"], "image")
             rows = load_rows(encoder, manifest, ["image", "audio"], "image", has, 64, 0, torch.device("cpu"))
             data[split] = {**rows, "labels": torch.tensor(manifest.labels)}
     train, val = data["train"], data["val"]

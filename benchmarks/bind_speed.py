@@ -8,7 +8,7 @@ imagebind_tiny preset, image anchor, audio bound (what `ibdc bind --modalities i
 2. **a training step** (batch `--batch-size`, AdamW, augmentation on): forward, backward and optimiser
    step timed apart, for (a) `3 clips`: ImageBind's audio input as preprocessed, three 2-s clips per
    recording, what bind trained on before; (b) `1 clip`: what bind trains on now when every recording's
-   clips are equal (`bind.one_clip_if_repeated`: recordings shorter than 2 s give three equal, padded
+   clips are equal (`data.pairs.one_clip_if_repeated`: recordings shorter than 2 s give three equal, padded
    clips, and ImageBind embeds a clip-split input as the mean of its clips' embeddings). Each at torch
    intra-op threads 1 and `--threads`. The settings run interleaved step by step (the CPU is shared),
    after `--warmup` steps each; seconds per epoch = steps per epoch x median step time.
@@ -34,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from ibdc_cli.bind import bind_loss, make_optimizer, one_clip_if_repeated, trainable_parameters
 from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
 from ibdc_cli.data.manifest import read_manifest
+from ibdc_cli.data.pairs import one_clip_if_repeated
 from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders.imagebind import load_encoder
+from ibdc_cli.encoders.training import bind_loss, make_optimizer, trainable_parameters
 from ibdc_cli.space import fit_space_map
 
 
@@ -66,7 +67,7 @@ def preparation(manifest, encoder, rows: int) -> tuple[dict[str, float], torch.T
 def step_timer(encoder, audio: torch.Tensor, anchor: torch.Tensor, labels: torch.Tensor, batch: int, threads: int):
     """A function that runs one timed training step; returns (forward, backward, optimiser) seconds."""
     params = trainable_parameters(encoder.model, ["audio"])
-    optimizer, _ = make_optimizer(params, 1e-3, 0.05)
+    optimizer = make_optimizer(params, 1e-3, 0.05)
     n = len(audio)
     data = {"inputs.audio": audio, "slot.audio": torch.arange(n)}
     generator = torch.Generator().manual_seed(0)

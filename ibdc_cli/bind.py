@@ -5,18 +5,21 @@ ImageBind (Girdhar et al., 2023) keeps its image tower frozen and trains each ot
 space. `ibdc bind` does the same on the user's own manifest, starting from a small random-init preset or
 any `--checkpoint`, and writes a checkpoint that `--checkpoint` accepts everywhere.
 
-Reads top to bottom:
+`bind_encoder` reads top to bottom:
 1. check the request and the manifest before any model work: at least two modalities, the anchor among
-   them, every row has an anchor cell, every other cell names a file of a known format;
-2. load the starting encoder and split the rows (seeded) into training rows and held-out rows;
-3. decode and preprocess every row once, into memory. The frozen anchor tower runs over all rows once,
-   and its raw outputs are centred on their mean over the training rows: a random tower maps every
-   input close to one direction, and InfoNCE against near-identical targets has nothing to learn;
-4. train the other towers with symmetric InfoNCE against the fixed anchor embeddings (AdamW, linear
-   warm-up, cosine decay). Each epoch ends with a safetensors checkpoint in `.OUT.partial/`, so an
-   interrupted run continues with --resume;
-5. measure held-out retrieval before and after, and write the full state dict plus the anchor centre
-   (`ibdc.center.<anchor>`) and JSON metadata atomically.
+   them, every row has an anchor cell, every other cell names a file of a known format
+   (`data.rows.present_cells`); split the rows (seeded) into training rows and held-out rows;
+2. decode: load the starting encoder, decode and preprocess every row once, into memory
+   (`data.pairs.load_rows`). The frozen anchor tower runs over all rows once, and its raw outputs are
+   centred on their mean over the training rows: a random tower maps every input close to one
+   direction, and InfoNCE against near-identical targets has nothing to learn;
+3. train the other towers with symmetric InfoNCE against the fixed anchor embeddings (AdamW, linear
+   warm-up, cosine decay: the building blocks of `encoders.training`). Each epoch ends with a
+   safetensors checkpoint in `.OUT.partial/` (`training_state`), so an interrupted run continues with
+   --resume;
+4. measure held-out retrieval before and after (`encoders.metrics`);
+5. write the full state dict plus the anchor centre (`ibdc.center.<anchor>`) and JSON metadata
+   atomically.
 
 The embedding space of the result is `Encoder.embed(m, x) = normalize(forward_raw(m, x) - center_m)`,
 exactly what training optimised, so `load_encoder(preset, checkpoint=out)` reproduces it bit for bit.
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,22 +40,43 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from ibdc_cli import __version__, tracking
-from ibdc_cli.data.manifest import ALIASES, Manifest, check_cell, read_manifest
-from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
+from ibdc_cli.data.manifest import ALIASES, Manifest, read_manifest
+from ibdc_cli.data.pairs import load_rows
+from ibdc_cli.data.preprocess import PREPROCESSING
+from ibdc_cli.data.rows import present_cells
 from ibdc_cli.encoders.imagebind import CENTER_PREFIX, MODALITY_KEYS, WHITEN_PREFIX, Encoder, load_encoder
+from ibdc_cli.encoders.metrics import describe_metrics, epoch_metrics, held_out_metrics, mean_cosine
+from ibdc_cli.encoders.training import (
+    TARGETS,
+    TOWER_PARTS,
+    averaged_weights,
+    bind_loss,
+    class_means,
+    copy_weights,
+    learning_rate,
+    make_optimizer,
+    trainable_parameters,
+    update_average,
+)
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.runtime import announce, encoder_words, log, process_state, progress_bar, resolve_device
-from ibdc_cli.space import SPACE_MAPS, fit_space_map, map_embeddings
-from ibdc_cli.store import atomic_save_tensors, file_sha256, output_lock, prepare_partial_dir, read_tensors
+from ibdc_cli.runtime import (
+    announce,
+    encoder_words,
+    log,
+    process_state,
+    progress_bar,
+    raise_job_error,
+    resolve_device,
+    start_output_job,
+)
+from ibdc_cli.space import SPACE_MAPS, SpaceMap, fit_space_map, map_embeddings
+from ibdc_cli.store import atomic_save_tensors, file_sha256, partial_dir
+from ibdc_cli.training_state import load_training_state, save_training_state
 
 BOUND_FORMAT = "ibdc-bound-encoder"
 BOUND_VERSION = 1
-# The parts of ImageBindModel that make up one modality's tower; the postprocessors (normalise, fixed
-# logit scale) have nothing to train once outputs are re-normalised.
-TOWER_PARTS = ("modality_preprocessors", "modality_trunks", "modality_heads")
 
 
 @dataclass
@@ -72,11 +95,6 @@ class BindResult:
     @property
     def after(self) -> dict[str, dict[str, float]]:
         return self.metadata.get("metrics", {}).get("after", {})
-
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished bind keeps its job description and last epoch's state: `.NAME.partial`."""
-    return out.parent / f".{out.name}.partial"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,25 +155,14 @@ def bind_encoder(
         "val_fraction": 0.0 if val_manifest is not None else val_fraction,
         "seed": seed,
     }
+
+    # 1. check
     _check_request(modalities, anchor, out, overwrite, settings)
     bound = [m for m in modalities if m != anchor]
     state = process_state(device)
-    manifest = read_manifest(manifest_path, modalities, require_label=False)
-    if label_positives and not manifest.class_names:
-        raise IbdcError(f"--label-positives needs a 'label' column; {manifest.path} has none")
-    if targets == "class-means" and not manifest.class_names:
-        raise IbdcError(f"--targets class-means needs a 'label' column; {manifest.path} has none")
-    has = _check_rows(manifest, modalities, anchor)
-    if val_manifest is not None:  # a split of its own (another speaker, say): every manifest row trains
-        held_out = read_manifest(val_manifest, modalities, require_label=False)
-        held_out_has = _check_rows(held_out, modalities, anchor)
-        held_out_labels = labels_in(held_out, manifest)
-        train_rows, val_rows = list(range(len(manifest.rows))), list(range(len(held_out.rows)))
-    else:
-        train_rows, val_rows = split_rows(len(manifest.rows), val_fraction, seed)
-    for m in bound:
-        if sum(has[m][r] for r in train_rows) < 2:
-            raise IbdcError(f"{manifest.path}: fewer than 2 training rows have a {m!r} cell; nothing to bind")
+    split = _check_manifests(manifest_path, val_manifest, modalities, anchor, settings)
+
+    # 2. decode: the starting encoder, on the main process only, then every row once
     encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
     if state.num_processes > 1:
         log(f"bind trains on the main process only; the other {state.num_processes - 1} process(es) exit", state)
@@ -173,66 +180,54 @@ def bind_encoder(
         out=out,
     )
 
-    with output_lock(out):  # a second bind to this --out exits 2 here, touching nothing
+    with contextlib.ExitStack() as stack:
         job = {
             "preset": model,
             "start": encoder.describe()["weights"],
             "modalities": modalities,
             "anchor": anchor,
-            "manifest_sha256": manifest.sha256,
-            "val_manifest_sha256": None if val_manifest is None else held_out.sha256,
+            "manifest_sha256": split.manifest.sha256,
+            "val_manifest_sha256": None if val_manifest is None else split.held_out.sha256,
             **settings,
         }
         work = partial_dir(out)
-        prepare_partial_dir(work, job, resume)
+        # state None: a world of one (the other processes have returned). A second bind to this --out
+        # exits 2 here, touching nothing.
+        start_output_job(stack, None, out, work, job, resume)
         resuming = resume and (work / "state.safetensors").exists()
         if resume and not resuming:
             log(f"--resume: no finished epoch in {work}; starting from the beginning")
+
+        error = None
         try:
-            data = load_rows(encoder, manifest, modalities, anchor, has, batch_size, workers, torch_device)
+            data = load_rows(encoder, split.manifest, modalities, anchor, split.has, batch_size, workers, torch_device)
+            val_data = data
             if val_manifest is not None:
                 val_data = load_rows(
-                    encoder, held_out, modalities, anchor, held_out_has, batch_size, workers, torch_device
+                    encoder, split.held_out, modalities, anchor, split.held_out_has, batch_size, workers, torch_device
                 )
-        except IbdcError:
-            if not (work / "state.safetensors").exists():
-                shutil.rmtree(work, ignore_errors=True)
-            raise
+        except IbdcError as exc:
+            error = exc
+        # bad media leaves nothing behind, but an earlier run's finished epoch is kept for --resume
+        raise_job_error(None, work, error, keep=(work / "state.safetensors").exists())
         if resuming:
             log(f"resuming the unfinished bind in {work}")
-
-        # The anchor's map (step 3 of the module docstring), fitted on the training rows. A starting
-        # checkpoint that already maps the anchor (one made by an earlier bind) keeps its map: the towers
-        # bound then stay in the space that this bind's towers join.
-        raw = data["anchor_raw"]
-        kept = anchor in encoder.centers or anchor in encoder.whiteners
-        anchor_space = None if kept else fit_space_map(raw[train_rows], anchor_map)
-        if anchor_space is not None:
-            encoder.centers[anchor] = anchor_space.center.to(torch_device)
-            if anchor_space.whitening is not None:
-                encoder.whiteners[anchor] = anchor_space.whitening.to(torch_device)
-        anchor_embeddings = map_embeddings(raw, anchor_space)  # [N, D]
-        anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
-        anisotropy["mapped"] = mean_cosine(anchor_embeddings[train_rows])
-        how = "kept from the starting checkpoint" if kept else anchor_map
-        log(
-            f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
-            f"{anisotropy['mapped']:.3f} mapped ({how})"
+        anchor_space, anchor_embeddings, anisotropy, how = _map_anchor(
+            encoder, anchor, data["anchor_raw"], split.train_rows, anchor_map
         )
-        labels = torch.tensor(manifest.labels, dtype=torch.int64)
+        val_anchor = anchor_embeddings if val_manifest is None else map_embeddings(val_data["anchor_raw"], anchor_space)
         class_targets = None
         if targets == "class-means":
-            class_targets = class_means(anchor_embeddings[train_rows], labels[train_rows], len(manifest.class_names))
-        if val_manifest is None:
-            val_data, val_anchor, val_labels = data, anchor_embeddings, labels
-        else:
-            val_anchor, val_labels = map_embeddings(val_data["anchor_raw"], anchor_space), held_out_labels
+            train = split.train_rows
+            class_targets = class_means(anchor_embeddings[train], split.labels[train], len(split.manifest.class_names))
 
         def evaluate() -> dict[str, dict[str, float]]:
             return {
-                m: held_out_metrics(encoder, m, val_data, val_anchor, val_labels, val_rows, batch_size) for m in bound
+                m: held_out_metrics(encoder, m, val_data, val_anchor, split.held_out_labels, split.val_rows, batch_size)
+                for m in bound
             }
 
+        # 3. train
         logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
         with tracking.run(list(log_with), out.stem, logs, {**job, "workers": workers}):
             trained = train_towers(
@@ -240,9 +235,9 @@ def bind_encoder(
                 bound,
                 data,
                 anchor_embeddings,
-                labels if label_positives or class_targets is not None else None,
+                split.labels if label_positives or class_targets is not None else None,
                 class_targets,
-                train_rows,
+                split.train_rows,
                 settings,
                 work,
                 resuming,
@@ -250,9 +245,12 @@ def bind_encoder(
                 torch_device,
                 started,
             )
+
+        # 4. measure
         after = evaluate()
         encoder.model.eval()
 
+        # 5. write
         metadata = {
             "format": BOUND_FORMAT,
             "format_version": BOUND_VERSION,
@@ -268,12 +266,10 @@ def bind_encoder(
             "anchor_mean_cosine": anisotropy,
             "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
             "settings": {**settings, "workers": workers, "device": str(torch_device)},
-            "rows": {"train": len(train_rows), "held_out": len(val_rows)},
-            "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
-            "val_manifest": None
-            if val_manifest is None
-            else {"path": str(held_out.path.resolve()), "sha256": held_out.sha256, "rows": len(held_out.rows)},
-            "class_names": manifest.class_names,
+            "rows": {"train": len(split.train_rows), "held_out": len(split.val_rows)},
+            "manifest": _manifest_record(split.manifest),
+            "val_manifest": None if val_manifest is None else _manifest_record(split.held_out),
+            "class_names": split.manifest.class_names,
             "preprocessing": {m: PREPROCESSING[m] for m in modalities},
             "metrics": {"before": trained["before"], "after": after},
             "loss_history": trained["history"],
@@ -285,6 +281,10 @@ def bind_encoder(
         shutil.rmtree(work, ignore_errors=True)
         encoder.checkpoint = file_sha256(out)
         return BindResult(out=out, encoder=encoder, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. check: the request, the manifests, the split of the rows
 
 
 def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: bool, settings: dict) -> None:
@@ -317,29 +317,46 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError(f"--val-fraction must be in [0, 1), not {settings['val_fraction']}")
 
 
-def _check_rows(manifest: Manifest, modalities: list[str], anchor: str) -> dict[str, list[bool]]:
-    """Which rows have each modality (`{m: [N] bool}`), checked without decoding anything.
+@dataclass
+class _Split:
+    """The checked rows of a bind: `train_rows` of `manifest` train the towers, `val_rows` of `held_out`
+    (the manifest itself, or --val-manifest) measure them. `has` / `held_out_has`: which cells each row
+    has (`present_cells`); `labels` `[N]` / `held_out_labels` `[N_held_out]` int64: ids of `manifest`'s
+    classes (-1 where there are none)."""
 
-    Every row needs the anchor: it is what the row binds to. Other cells may be empty (ImageBind binds
-    each modality on its own pairs with images), and such a row simply does not train that tower.
-    """
-    has = {m: [] for m in modalities}
-    for row, cells in enumerate(manifest.rows):
-        if not cells.get(anchor):
-            raise IbdcError(f"{manifest.path}: row {row} has an empty {anchor!r} cell; every row needs the anchor")
-        for m in modalities:
-            present = bool(cells.get(m))
-            has[m].append(present)
-            if not present:
-                continue
-            try:
-                value = check_cell(manifest, row, m)
-                path = Path(value) if Path(value).is_absolute() else manifest.base_dir / value
-                if m != "text" and not path.is_file():
-                    raise MediaError(f"row {row}: {m} file not found: {path}")
-            except MediaError as exc:
-                raise IbdcError(f"{manifest.path}: {exc}") from None
-    return has
+    manifest: Manifest
+    has: dict[str, list[bool]]
+    labels: torch.Tensor
+    train_rows: list[int]
+    held_out: Manifest
+    held_out_has: dict[str, list[bool]]
+    held_out_labels: torch.Tensor
+    val_rows: list[int]
+
+
+def _check_manifests(
+    manifest_path: str | Path, val_manifest: str | Path | None, modalities: list[str], anchor: str, settings: dict
+) -> _Split:
+    """Read and check the manifest (and --val-manifest) without decoding anything; split the rows."""
+    manifest = read_manifest(manifest_path, modalities, require_label=False)
+    if settings["label_positives"] and not manifest.class_names:
+        raise IbdcError(f"--label-positives needs a 'label' column; {manifest.path} has none")
+    if settings["targets"] == "class-means" and not manifest.class_names:
+        raise IbdcError(f"--targets class-means needs a 'label' column; {manifest.path} has none")
+    has = present_cells(manifest, modalities, anchor)
+    labels = torch.tensor(manifest.labels, dtype=torch.int64)
+    if val_manifest is not None:  # a split of its own (another speaker, say): every manifest row trains
+        held_out = read_manifest(val_manifest, modalities, require_label=False)
+        held_out_has = present_cells(held_out, modalities, anchor)
+        held_out_labels = labels_in(held_out, manifest)
+        train_rows, val_rows = list(range(len(manifest.rows))), list(range(len(held_out.rows)))
+    else:
+        held_out, held_out_has, held_out_labels = manifest, has, labels
+        train_rows, val_rows = split_rows(len(manifest.rows), settings["val_fraction"], settings["seed"])
+    for m in modalities:
+        if m != anchor and sum(has[m][r] for r in train_rows) < 2:
+            raise IbdcError(f"{manifest.path}: fewer than 2 training rows have a {m!r} cell; nothing to bind")
+    return _Split(manifest, has, labels, train_rows, held_out, held_out_has, held_out_labels, val_rows)
 
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -365,266 +382,38 @@ def labels_in(held_out: Manifest, manifest: Manifest) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# data: every row decoded once; the anchor tower run once
+# 2. decode: the anchor's space
 
 
-class _RowCells(Dataset):
-    """Model inputs `{modality: tensor}` of a row's non-empty cells, or the error message of a bad file."""
+def _map_anchor(
+    encoder: Encoder, anchor: str, raw: torch.Tensor, train_rows: list[int], anchor_map: str
+) -> tuple[SpaceMap | None, torch.Tensor, dict[str, float], str]:
+    """The anchor's map (step 2 of the module docstring), fitted on the training rows of its raw outputs
+    `raw` `[N, D]` and set in `encoder`. Returns the map (None when kept from the starting checkpoint), the
+    anchor embeddings `[N, D]`, the mean cosine between training rows raw and mapped, and how it was made.
 
-    def __init__(self, manifest: Manifest, modalities: list[str]):
-        self.manifest, self.modalities = manifest, modalities
-
-    def __len__(self) -> int:
-        return len(self.manifest.rows)
-
-    def __getitem__(self, row: int) -> tuple[int, dict[str, torch.Tensor] | str]:
-        cells = self.manifest.rows[row]
-        try:
-            return row, {m: load(m, cells[m], self.manifest.base_dir) for m in self.modalities if cells.get(m)}
-        except MediaError as exc:
-            return row, str(exc)
-
-
-def _as_list(items: list) -> list:
-    return items
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def load_rows(
-    encoder: Encoder,
-    manifest: Manifest,
-    modalities: list[str],
-    anchor: str,
-    has: dict[str, list[bool]],
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Decode every row once (DataLoader workers) and run the frozen anchor tower over it.
-
-    Returns `anchor_raw` `[N, D]` (the anchor's raw outputs, on the CPU) and, per other modality m,
-    `inputs.m` `[N_m, *input shape]` (model inputs of the rows that have m, in row order) and `slot.m`
-    `[N]` int64 (row -> index into `inputs.m`, -1 where the row has no m cell).
+    A starting checkpoint that already maps the anchor (one made by an earlier bind) keeps its map: the
+    towers bound then stay in the space that this bind's towers join.
     """
-    loader = DataLoader(
-        _RowCells(manifest, modalities),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_one_thread if workers else None,
+    kept = anchor in encoder.centers or anchor in encoder.whiteners
+    anchor_space = None if kept else fit_space_map(raw[train_rows], anchor_map)
+    if anchor_space is not None:
+        encoder.centers[anchor] = anchor_space.center.to(encoder.device)
+        if anchor_space.whitening is not None:
+            encoder.whiteners[anchor] = anchor_space.whitening.to(encoder.device)
+    anchor_embeddings = map_embeddings(raw, anchor_space)  # [N, D]
+    anisotropy = {"raw": mean_cosine(F.normalize(raw[train_rows], dim=-1))}
+    anisotropy["mapped"] = mean_cosine(anchor_embeddings[train_rows])
+    how = "kept from the starting checkpoint" if kept else anchor_map
+    log(
+        f"anchor {anchor}: mean cosine between training rows {anisotropy['raw']:.3f} raw, "
+        f"{anisotropy['mapped']:.3f} mapped ({how})"
     )
-    bound = [m for m in modalities if m != anchor]
-    anchor_raw: list[torch.Tensor] = []
-    inputs: dict[str, list[torch.Tensor]] = {m: [] for m in bound}
-    encoder.model.eval()
-    with progress_bar(f"decode rows, embed {anchor}", len(manifest.rows)) as advance:
-        for items in loader:
-            for row, value in items:
-                if isinstance(value, str):
-                    raise IbdcError(f"{manifest.path}: row {row}: {value.removeprefix(f'row {row}: ')}")
-            x = torch.stack([cells[anchor] for _, cells in items]).to(device)
-            # no_grad, not inference_mode: these tensors later meet trainable ones in autograd
-            with torch.no_grad():
-                anchor_raw.append(encoder.forward_raw(anchor, x).float().cpu())
-            for m in bound:
-                inputs[m].extend(cells[m] for _, cells in items if m in cells)
-            advance(len(items))
-    data: dict[str, Any] = {"anchor_raw": torch.cat(anchor_raw)}
-    for m in bound:
-        present = torch.tensor(has[m])
-        slot = torch.full((len(present),), -1, dtype=torch.int64)
-        slot[present] = torch.arange(int(present.sum()))
-        data[f"inputs.{m}"] = one_clip_if_repeated(torch.stack(inputs[m]), m)
-        data[f"slot.{m}"] = slot
-    return data
-
-
-def one_clip_if_repeated(x: torch.Tensor, modality: str) -> torch.Tensor:
-    """`x` `[N, S, ...]` cut to its first clip when every row's S clips are equal, else `x` unchanged.
-
-    ImageBind embeds a clip-split input (audio: 3 clips of 2 s) as the mean of its clips' embeddings, so
-    equal clips embed exactly as one does. Recordings shorter than a clip (spoken digits: under a
-    second) give S equal, zero-padded clips: training on one of them costs a third of the time.
-    """
-    if x.ndim < 5 or x.shape[1] < 2 or not bool((x == x[:, :1]).all()):
-        return x
-    log(f"{modality}: every row's {x.shape[1]} clips are equal (short recordings); training on one")
-    return x[:, :1].contiguous()
-
-
-def rows_of(data: dict[str, Any], modality: str, rows: torch.Tensor) -> torch.Tensor:
-    """The subset of `rows` `[B]` that have a `modality` cell."""
-    return rows[data[f"slot.{modality}"][rows] >= 0]
-
-
-def inputs_of(data: dict[str, Any], modality: str, rows: torch.Tensor) -> torch.Tensor:
-    """Model inputs `[B, *input shape]` of `rows` (all of which have a `modality` cell)."""
-    return data[f"inputs.{modality}"][data[f"slot.{modality}"][rows]]
+    return anchor_space, anchor_embeddings, anisotropy, how
 
 
 # ----------------------------------------------------------------------------------------------------
-# training
-
-
-def trainable_parameters(model: torch.nn.Module, modalities: list[str]) -> dict[str, torch.nn.Parameter]:
-    """Unfreeze the towers of `modalities` (everything else stays frozen) and return their parameters."""
-    model.requires_grad_(False)
-    for m in modalities:
-        for part in TOWER_PARTS:
-            getattr(model, part)[MODALITY_KEYS[m]].requires_grad_(True)
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def make_optimizer(params: dict[str, torch.nn.Parameter], lr: float, weight_decay: float):
-    """AdamW; as in CLIP/ViT training, no weight decay on biases, norms, position embeddings, class tokens.
-
-    Returns the optimiser and the parameter names in the optimiser's own order (its state-dict indices).
-    """
-    no_decay = [n for n, p in params.items() if p.ndim < 2 or "pos_embed" in n or "cls_token" in n]
-    decay = [n for n in params if n not in no_decay]
-    groups = [
-        {"params": [params[n] for n in decay], "weight_decay": weight_decay},
-        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr), decay + no_decay
-
-
-def copy_weights(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
-    """Copy `values` (by name) into the parameters, outside autograd."""
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(values[name])
-
-
-def update_average(average: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float) -> None:
-    """One step of the exponential moving average of the weights (`--ema`): average <- decay * average +
-    (1 - decay) * weights."""
-    with torch.no_grad():
-        for name, p in params.items():
-            average[name].lerp_(p.detach(), 1.0 - decay)
-
-
-@contextlib.contextmanager
-def averaged_weights(params: dict[str, torch.nn.Parameter], average: dict[str, torch.Tensor] | None):
-    """Within the block the parameters hold the moving average (nothing changes when `average` is None)."""
-    if average is None:
-        yield
-        return
-    current = {n: p.detach().clone() for n, p in params.items()}
-    copy_weights(params, average)
-    try:
-        yield
-    finally:
-        copy_weights(params, current)
-
-
-def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up from 0 to `peak` over `warmup` steps, then cosine decay to 0 at step `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between unit vectors `x` `[B, D]` and `y` `[B, D]` whose rows are pairs (CLIP's loss).
-
-    Positives of row i are row i of the other side; with `labels` `[B]`, every row of the same label
-    (SupCon's L_out: the mean log-likelihood over the positives), for data whose pairs are only
-    meaningful up to class, such as av-digits (a digit image paired with any speaker's spoken digit).
-    """
-    logits = x @ y.T / temperature  # [B, B]
-    if labels is None:
-        positive = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    else:
-        positive = labels[:, None] == labels[None, :]
-    weights = positive.float()
-    x_to_y = -(weights * logits.log_softmax(dim=1)).sum(1) / weights.sum(1)
-    y_to_x = -(weights.T * logits.T.log_softmax(dim=1)).sum(1) / weights.sum(0)
-    return (x_to_y.mean() + y_to_x.mean()) / 2
-
-
-def class_means(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Unit-length class means `[C, D]` of unit vectors `embeddings` `[N, D]` with `labels` `[N]` in 0..C-1
-    (a class without rows gets a zero row, which no bound row is ever pulled towards)."""
-    one_hot = F.one_hot(labels, classes).float()  # [N, C]
-    return F.normalize(one_hot.T @ embeddings, dim=-1)
-
-
-def class_mean_nce(z: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of unit vectors `z` `[B, D]` against the anchor's class means `targets` `[C, D]`: the positive
-    of row i is its class's mean, the negatives the other classes' means (`--targets class-means`).
-
-    It is cross-entropy over C classes with the classifier's weights fixed to the anchor's class means,
-    so every step sees every class, whatever the batch holds.
-    """
-    return F.cross_entropy(z @ targets.T / temperature, labels)
-
-
-# What a bound row is pulled towards (`--targets`): the anchor embeddings of the batch's rows (CLIP,
-# ImageBind), or the anchor's class means over all training rows.
-TARGETS = ("rows", "class-means")
-
-
-# Audio augmentation (`--augment`), on the normalised log-mel inputs `[B, S, 1, 128, 204]` (frames 10 ms):
-# what differs between speakers and recordings more than between takes of one speaker. Chosen on
-# fsdd-mnist's val speaker (docs/bind.md): this mild set bound; adding a spectral tilt, noise and
-# SpecAugment masks kept the loss at chance for as long as it was run.
-AUDIO_MAX_DELAY = 30  # frames: the onset moves right by up to 0.3 s (the clip's tail wraps to its head)
-AUDIO_MEL_SHIFT = 3  # mel bins up or down: a longer or shorter vocal tract (VTLP-like)
-AUDIO_GAIN = 0.4  # +-15 dB: log-mel energies shift by up to 0.4 fbank std
-
-
-def augment_audio(x: torch.Tensor) -> torch.Tensor:
-    """A random variant of each audio input `x` `[B, S, 1, F, T]`: a delay, a mel shift and a gain. Draws
-    from torch's global stream (seeded, and checkpointed with the training state)."""
-    batch, bins, frames = x.shape[0], x.shape[-2], x.shape[-1]
-    delay = torch.randint(0, AUDIO_MAX_DELAY + 1, (batch, 1))
-    index = (torch.arange(frames)[None, :] - delay) % frames  # [B, T]
-    x = x.gather(-1, index.to(x.device).view(batch, 1, 1, 1, frames).expand_as(x))
-    shift = torch.randint(-AUDIO_MEL_SHIFT, AUDIO_MEL_SHIFT + 1, (batch, 1))
-    index = (torch.arange(bins)[None, :] - shift).clamp(0, bins - 1)  # [B, F]; edge bins repeat
-    x = x.gather(-2, index.to(x.device).view(batch, 1, 1, bins, 1).expand_as(x))
-    return x + AUDIO_GAIN * (2 * torch.rand(batch, 1, 1, 1, 1) - 1).to(x.device)
-
-
-AUGMENTATIONS = {"audio": augment_audio}
-
-
-def bind_loss(
-    encoder: Encoder,
-    bound: list[str],
-    data: dict[str, Any],
-    anchor_embeddings: torch.Tensor,
-    labels: torch.Tensor | None,
-    rows: torch.Tensor,
-    temperature: float,
-    augment: bool = False,
-    class_targets: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`:
-    against the batch's anchor embeddings, or with `class_targets` `[C, D]` against the anchor's class
-    means (`labels` then required). With `augment`, the inputs of modalities in `AUGMENTATIONS` (audio) are
-    randomly varied first."""
-    device = encoder.device
-    total = torch.zeros((), device=device)
-    for m in bound:
-        present = rows_of(data, m, rows)
-        if len(present) < 2:  # a single pair has no negatives
-            continue
-        x = inputs_of(data, m, present).to(device)
-        if augment and m in AUGMENTATIONS:
-            x = AUGMENTATIONS[m](x)
-        z = encoder.embed(m, x)
-        if class_targets is not None:
-            total = total + class_mean_nce(z, class_targets.to(device), labels[present].to(device), temperature)
-            continue
-        a = anchor_embeddings[present].to(device)
-        total = total + info_nce(z, a, temperature, None if labels is None else labels[present].to(device))
-    return total
+# 3. train: the loop
 
 
 def train_towers(
@@ -650,7 +439,7 @@ def train_towers(
     """
     model = encoder.model
     params = trainable_parameters(model, bound)
-    optimizer, order = make_optimizer(params, settings["lr"], settings["weight_decay"])
+    optimizer = make_optimizer(params, settings["lr"], settings["weight_decay"])
     has_any = torch.stack([data[f"slot.{m}"] >= 0 for m in bound]).any(0)
     rows = torch.tensor([r for r in train_rows if has_any[r]], dtype=torch.int64)
     batch_size = min(settings["batch_size"], len(rows))
@@ -665,10 +454,13 @@ def train_towers(
         torch.manual_seed(settings["seed"])
         state_file = work / "state.safetensors"
         average = {n: p.detach().clone() for n, p in params.items()} if settings["ema"] else None
+        generators = _random_streams(shuffle, device)
         if resuming:
-            start, history, val_history, before, earlier = load_state(
-                state_file, params, optimizer, order, shuffle, device, average
+            saved = load_training_state(
+                state_file, params, optimizer, generators, averages=average, what="bind checkpoint"
             )
+            start, history, val_history = saved["epoch"], saved["history"], saved["val_history"]
+            before, earlier = saved["before"], saved["seconds"]
         else:
             start, history, val_history, before, earlier = 0, [], [], evaluate(), 0.0
         todo = (settings["epochs"] - start) * steps_per_epoch
@@ -712,22 +504,17 @@ def train_towers(
                     },
                     step=epoch + 1,
                 )
-                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}; {describe(val_history[-1])}")
+                held_out = describe_metrics(val_history[-1])
+                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}; {held_out}")
                 elapsed = earlier + time.time() - started
-                save_state(
-                    state_file,
-                    params,
-                    optimizer,
-                    order,
-                    shuffle,
-                    epoch + 1,
-                    history,
-                    val_history,
-                    before,
-                    elapsed,
-                    device,
-                    average,
-                )
+                records = {
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "val_history": val_history,
+                    "before": before,
+                    "seconds": elapsed,
+                }
+                save_training_state(state_file, params, optimizer, generators, records, averages=average)
         if average is not None:  # the encoder keeps the averaged weights
             copy_weights(params, average)
         model.eval()
@@ -735,183 +522,22 @@ def train_towers(
     return {"before": before, "history": history, "val_history": val_history, "earlier_seconds": earlier}
 
 
-def describe(metrics: dict[str, dict[str, float]]) -> str:
-    """One line of `epoch_metrics`, e.g. "held-out audio: same-label R@1 52.8 %, class-mean cosine 0.369"."""
-    parts = []
-    for m, values in metrics.items():
-        if "label_r1_to_anchor" in values:
-            parts.append(
-                f"held-out {m}: same-label R@1 {100 * values['label_r1_to_anchor']:.1f} %, "
-                f"class-mean cosine {values['cos_class_means']:.3f}"
-            )
-        elif "r1_to_anchor" in values:
-            parts.append(f"held-out {m}: R@1 {100 * values['r1_to_anchor']:.1f} %")
-    return "; ".join(parts) or "no held-out rows"
-
-
-def epoch_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The held-out metrics kept for every epoch: retrieval both ways (same-label when labelled) and the
-    class-mean cosine, per bound modality."""
-    keep = ("label_r1_to_anchor", "label_r1_from_anchor", "cos_class_means", "r1_to_anchor")
-    return {m: {k: v for k, v in values.items() if k in keep} for m, values in metrics.items()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# the per-epoch state in .OUT.partial/: safetensors only (trainable parameters, AdamW state, RNG states)
-
-
-def save_state(
-    path, params, optimizer, order, shuffle, epoch, history, val_history, before, seconds, device, average=None
-) -> None:
-    tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
-    tensors.update({f"ema.{n}": v.detach().cpu() for n, v in (average or {}).items()})
-    for i, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"adamw.{order[i]}.{key}"] = torch.as_tensor(value).detach().cpu()
-    tensors["rng.shuffle"] = shuffle.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
+def _random_streams(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Generator]:
+    """The random streams a bind draws from, kept with every epoch's state: its shuffle, torch's global
+    stream (drop path, dropout, `--augment`) and, on a GPU, the device's."""
+    streams = {"shuffle": shuffle, "torch": torch.default_generator}
     if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    metadata = {
-        "epoch": str(epoch),
-        "history": json.dumps(history),
-        "val_history": json.dumps(val_history),
-        "before": json.dumps(before),
-        "seconds": str(seconds),
-    }
-    atomic_save_tensors(path, tensors, metadata=metadata)
-
-
-def load_state(
-    path, params, optimizer, order, shuffle, device, average=None
-) -> tuple[int, list[float], list[dict], dict, float]:
-    tensors, metadata = read_tensors(path, "bind checkpoint")
-    copy_weights(params, {n: tensors[f"param.{n}"] for n in params})
-    for n, v in (average or {}).items():
-        v.copy_(tensors[f"ema.{n}"])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for i, n in enumerate(order):
-        prefix = f"adamw.{n}."
-        entries = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if entries:
-            state[i] = entries
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-    shuffle.set_state(tensors["rng.shuffle"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-    epoch = int(metadata["epoch"])
-    history, val_history = json.loads(metadata["history"]), json.loads(metadata["val_history"])
-    return epoch, history, val_history, json.loads(metadata["before"]), float(metadata["seconds"])
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        streams["cuda"] = torch.cuda.default_generators[index]
+    return streams
 
 
 # ----------------------------------------------------------------------------------------------------
-# held-out metrics
+# 5. write: the output file
 
 
-def embed_clips(encoder: Encoder, modality: str, x: torch.Tensor) -> torch.Tensor:
-    """`encoder.embed(modality, x)` `[B, D]` on the CPU, where rows of `x` `[B, S, ...]` whose S clips are all
-    equal are embedded from their first clip alone: the same embedding (the mean of equal clip embeddings),
-    for a third of the work. A split whose recordings are mostly short but not all (fsdd-mnist val: 2 of
-    500 are longer than 2 s) keeps all clips only where they differ (`one_clip_if_repeated` is all or none)."""
-    if x.ndim < 5 or x.shape[1] < 2:
-        return encoder.embed(modality, x).cpu()
-    equal = (x == x[:, :1]).flatten(1).all(1)  # [B]
-    parts = {}
-    if bool(equal.any()):
-        parts["equal"] = encoder.embed(modality, x[equal][:, :1]).cpu()
-    if bool((~equal).any()):
-        parts["other"] = encoder.embed(modality, x[~equal]).cpu()
-    z = torch.empty(len(x), next(iter(parts.values())).shape[1])
-    if "equal" in parts:
-        z[equal.cpu()] = parts["equal"]
-    if "other" in parts:
-        z[~equal.cpu()] = parts["other"]
-    return z
-
-
-def mean_cosine(x: torch.Tensor) -> float:
-    """Mean cosine between distinct rows of unit vectors `x` `[N, D]` (1 = all one direction)."""
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    total = x.sum(0)
-    return float((total @ total - n) / (n * (n - 1)))
-
-
-@torch.no_grad()
-def held_out_metrics(
-    encoder: Encoder,
-    modality: str,
-    data: dict[str, Any],
-    anchor_embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    val_rows: list[int],
-    batch_size: int,
-) -> dict[str, float]:
-    """Cross-modal retrieval between `modality` and the anchor on the held-out rows that have both.
-
-    `r1_to_anchor`: share of rows whose nearest anchor embedding is their own pair (chance 1/rows);
-    `r1_from_anchor` the other way; `label_r1_*`: the nearest one has the row's label; `cos_same_class` /
-    `cos_other_class`: mean cosine between a row's embedding and the anchor embeddings of rows with the
-    same / another label; `cos_class_means` / `cos_class_means_other`: cosine between a class's mean
-    embedding and the same / another class's mean anchor embedding, averaged over classes (pairs of
-    classes). Label metrics need labels.
-
-    The two cosines answer different questions. The row-level one equals |mean z_c|·|mean a_c|·cos(means)
-    averaged over classes, so it stays small whenever one side is spread within a class (the centred
-    outputs of a random anchor tower are nearly orthogonal even within a class), however well the
-    classes line up. The class-mean one asks only whether the classes line up.
-    """
-    rows = rows_of(data, modality, torch.tensor(val_rows, dtype=torch.int64))
-    if len(rows) < 2:
-        return {"rows": len(rows)}
-    encoder.model.eval()
-    z = torch.cat(
-        [
-            embed_clips(encoder, modality, inputs_of(data, modality, chunk).to(encoder.device))
-            for chunk in rows.split(batch_size)
-        ]
-    )
-    a = anchor_embeddings[rows]
-    similarity = z @ a.T  # [n, n]: bound row i vs anchor row j
-    own = torch.arange(len(rows))
-    to_anchor, from_anchor = similarity.argmax(1), similarity.argmax(0)
-    metrics = {
-        "rows": len(rows),
-        "chance_r1": 1 / len(rows),
-        "r1_to_anchor": float((to_anchor == own).float().mean()),
-        "r1_from_anchor": float((from_anchor == own).float().mean()),
-    }
-    y = labels[rows]
-    if bool((y >= 0).all()):
-        same = y[:, None] == y[None, :]
-        metrics["label_r1_to_anchor"] = float((y[to_anchor] == y).float().mean())
-        metrics["label_r1_from_anchor"] = float((y[from_anchor] == y).float().mean())
-        metrics["cos_same_class"] = float(similarity[same].mean())
-        metrics["cos_other_class"] = float(similarity[~same].mean()) if bool((~same).any()) else float("nan")
-        metrics.update(class_mean_cosines(z, a, y))
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-
-
-def class_mean_cosines(z: torch.Tensor, a: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Cosines between the class means of `z` `[n, D]` and of `a` `[n, D]` (rows paired, `labels` `[n]`).
-
-    `cos_class_means`: mean over classes c of cos(mean z_c, mean a_c); `cos_class_means_other`: mean over
-    ordered pairs c != c' of cos(mean z_c, mean a_c') (nan with one class).
-    """
-    classes = labels.unique()
-    one_hot = (labels[None, :] == classes[:, None]).float()  # [C, n]
-    z_means = F.normalize(one_hot @ z, dim=-1)  # [C, D]; the sum points where the mean does
-    a_means = F.normalize(one_hot @ a, dim=-1)
-    cosines = z_means @ a_means.T  # [C, C]
-    diagonal = torch.eye(len(classes), dtype=torch.bool)
-    other = float(cosines[~diagonal].mean()) if len(classes) > 1 else float("nan")
-    return {"cos_class_means": float(cosines.diagonal().mean()), "cos_class_means_other": other}
-
-
-# ----------------------------------------------------------------------------------------------------
-# the output file
+def _manifest_record(manifest: Manifest) -> dict[str, Any]:
+    return {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)}
 
 
 def write_checkpoint(out: Path, encoder: Encoder, metadata: dict[str, Any]) -> None:

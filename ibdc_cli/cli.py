@@ -353,25 +353,18 @@ def inspect(
     Example: ibdc inspect syn.safetensors --export syn-files/
     """
     from ibdc_cli import report
+    from ibdc_cli.inspect import inspect_path
 
-    is_store = path.is_dir() or path.suffix != ".safetensors"
-    info = report.describe_store(path) if is_store else report.describe_synthetic(path)
-    if export is not None and is_store:
-        raise IbdcError(f"--export writes the rows of a synthetic set; {path} is an embedding store")
-    if real is not None and (is_store or plot is None):
-        raise IbdcError("--real names the real store drawn with a synthetic set's --plot")
-    if plot is not None:
-        from ibdc_cli import visualize
-
-        options = dict(projection=projection, per_class=real_per_class, overwrite=overwrite)
-        if is_store:
-            info["plot"] = visualize.plot_store(path, plot, **options)
-        else:
-            info["plot"] = visualize.plot_synthetic_set(path, plot, real=real, checkpoint=checkpoint, **options)
-    if export is not None:
-        from ibdc_cli.export import export_synthetic_set
-
-        info["export"] = export_synthetic_set(path, export, overwrite=overwrite)
+    info = inspect_path(
+        path,
+        plot=plot,
+        export=export,
+        real=real,
+        projection=projection,
+        per_class=real_per_class,
+        checkpoint=checkpoint,
+        overwrite=overwrite,
+    )
     if as_json:
         _print_json(info)
         return

@@ -63,9 +63,11 @@ from ibdc_cli.store import (
     atomic_save_tensors,
     drop_damaged,
     open_store,
+    partial_dir,
     read_tensors,
     save_synthetic_set,
 )
+from ibdc_cli.training_state import load_training_state, save_training_state
 
 # The choices live with the options in ibdc_cli/config.py; these names stay importable from here.
 METHODS = typing.get_args(Method)
@@ -88,10 +90,6 @@ def class_generator(seed: int, class_id: int) -> torch.Generator:
     """The random stream of one class: independent of the process count and of the other classes."""
     state = np.random.SeedSequence([seed, class_id]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -452,31 +450,14 @@ def _frequency_bank(data, per_class, classes: list[int], config: CondenseConfig,
 
 
 def _save_class_state(path: Path, params, optimizer, generator, history) -> None:
-    tensors = {f"param.{m}": p.detach().cpu() for m, p in params.items()}
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        for key, value in optimizer.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{i}.{key}"] = value.detach().cpu()
-    tensors["generator"] = generator.get_state()
-    atomic_save_tensors(path, tensors, metadata={"history": json.dumps(history), "params": json.dumps(list(params))})
+    save_training_state(path, params, optimizer, {"class": generator}, {"history": history})
 
 
 def _load_class_state(path: Path, params, optimizer, generator) -> tuple[int, list]:
     if not path.exists():
         return 0, []
-    tensors, metadata = read_tensors(path, "condensation checkpoint")
-    with torch.no_grad():
-        for m, p in params.items():
-            p.copy_(tensors[f"param.{m}"])
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        state = {key.split(".", 2)[2]: v.to(p.device) for key, v in tensors.items() if key.startswith(f"opt.{i}.")}
-        if state:
-            if "step" in state:
-                state["step"] = state["step"].cpu()
-            optimizer.state[p] = state
-    generator.set_state(tensors["generator"])
-    history = json.loads(metadata["history"])
-    return len(history), history
+    metadata = load_training_state(path, params, optimizer, {"class": generator}, what="condensation checkpoint")
+    return len(metadata["history"]), metadata["history"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from ibdc_cli.data.manifest import Manifest, check_cell, read_manifest
-from ibdc_cli.data.preprocess import PREPROCESSING, MediaError, load
+from ibdc_cli.data.manifest import read_manifest
+from ibdc_cli.data.preprocess import PREPROCESSING
+from ibdc_cli.data.rows import batch_error, row_loader, usable_rows
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import (
@@ -35,14 +35,15 @@ from ibdc_cli.runtime import (
     log,
     process_state,
     progress_bar,
+    raise_job_error,
     resolve_device,
-    shared_error,
     start_output_job,
 )
 from ibdc_cli.store import (
     INDEX_FILE,
     atomic_save_tensors,
     drop_damaged,
+    partial_dir,
     read_tensors,
     write_store,
 )
@@ -54,65 +55,6 @@ class EmbedResult:
     rows: int
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished embed keeps its parts: `.NAME.partial` beside the store."""
-    return out.parent / f".{out.name}.partial"
-
-
-class _RowDataset(Dataset):
-    """Model inputs of manifest rows; a row whose media fails to decode yields its error instead."""
-
-    def __init__(self, manifest: Manifest, rows: list[int], modalities: list[str]):
-        self.manifest, self.rows, self.modalities = manifest, rows, modalities
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        try:
-            inputs = {m: load(m, self.manifest.rows[row][m], self.manifest.base_dir) for m in self.modalities}
-        except MediaError as exc:
-            return {"row": row, "error": str(exc)}
-        return {"row": row, "inputs": inputs}
-
-
-def _collate(items: list[dict]) -> dict:
-    good = [item for item in items if "inputs" in item]
-    batch = {
-        "rows": [item["row"] for item in good],
-        "errors": [(item["row"], item["error"]) for item in items if "error" in item],
-        "inputs": {},
-    }
-    if good:
-        batch["inputs"] = {m: torch.stack([item["inputs"][m] for item in good]) for m in good[0]["inputs"]}
-    return batch
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def _precheck(manifest: Manifest, modalities: list[str], skip_bad: bool) -> tuple[list[int], list[dict]]:
-    """Rows usable as far as can be told without decoding: cells present, formats known, files exist."""
-    good, skipped = [], []
-    for row in range(len(manifest.rows)):
-        try:
-            for modality in modalities:
-                value = check_cell(manifest, row, modality)
-                if modality != "text":
-                    path = Path(value) if Path(value).is_absolute() else manifest.base_dir / value
-                    if not path.is_file():
-                        raise MediaError(f"row {row}: {modality} file not found: {path}")
-        except MediaError as exc:
-            if not skip_bad:
-                raise IbdcError(f"{manifest.path}: {exc}") from None
-            skipped.append({"row": row, "reason": str(exc)})
-            continue
-        good.append(row)
-    return good, skipped
 
 
 def embed_manifest(
@@ -150,7 +92,7 @@ def embed_manifest(
         raise IbdcError(f"{out} already holds a store; choose another --out or pass --overwrite")
     if out.exists() and not (out / INDEX_FILE).exists() and any(out.iterdir()):
         raise IbdcError(f"{out} exists and is not an ibdc store; choose another --out")
-    rows, skipped = _precheck(manifest, modalities, skip_bad)
+    rows, skipped = usable_rows(manifest, modalities, skip_bad)
     if not rows:
         raise IbdcError(f"{manifest.path}: no usable rows")
 
@@ -206,11 +148,8 @@ def embed_manifest(
                     )
         except IbdcError as exc:
             error = exc
-        error = shared_error(state, error)  # a bad row in any process stops every process
-        if error is not None:
-            if state.is_main_process and not resume:  # a resumed run keeps the finished parts
-                shutil.rmtree(work, ignore_errors=True)
-            raise error
+        # a bad row in any process stops every process; a resumed run keeps the finished parts
+        raise_job_error(state, work, error, keep=resume)
         stored = 0
         if state.is_main_process:
             stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
@@ -221,21 +160,14 @@ def embed_manifest(
 def _embed_chunk(
     encoder, manifest, rows, modalities, part, *, batch_size, workers, precision, skip_bad, device, advance
 ) -> None:
-    loader = DataLoader(
-        _RowDataset(manifest, rows, modalities),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False,
-    )
+    loader = row_loader(manifest, rows, modalities, batch_size, workers)
     outputs: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
     kept: list[int] = []
     bad: list[dict] = []
     for batch in loader:
         for row, message in batch["errors"]:
             if not skip_bad:
-                raise IbdcError(f"{manifest.path}: row {row}: {message.removeprefix(f'row {row}: ')}")
+                raise batch_error(manifest, row, message)
             bad.append({"row": row, "reason": message})
         if batch["rows"]:
             with torch.inference_mode(), autocast(device, precision):

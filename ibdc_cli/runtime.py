@@ -199,14 +199,20 @@ def autocast(device: torch.device, precision: str):
 
 
 def start_output_job(stack: contextlib.ExitStack, state, out, work, job: dict, resume: bool) -> None:
-    """The main process takes the output lock of `out` (held until `stack` closes) and prepares the partial
-    directory `work` for `job`; an IbdcError there (another run holds `out`, a resume with other settings)
-    is raised on every process (`shared_error`), so no process starts the work."""
+    """Start the resumable job `job` writing `out`, in its partial directory `work` (`store.partial_dir`).
+
+    The main process takes the output lock of `out` (held until `stack` closes) and prepares `work` for
+    `job` (with `resume`, continues it after checking its settings are the same); an IbdcError there
+    (another run holds `out`, a resume with other settings) is raised on every process (`shared_error`),
+    so no process starts the work. `state` None is a world of one (bind, which trains on the main
+    process alone). A job ends its work with `raise_job_error`, and removes `work` once `out` is
+    written.
+    """
     from ibdc_cli.errors import IbdcError
     from ibdc_cli.store import output_lock, prepare_partial_dir
 
     error = None
-    if state.is_main_process:
+    if is_main(state):
         try:
             stack.enter_context(output_lock(out))  # a second run on this --out exits 2 here
             prepare_partial_dir(work, job, resume)
@@ -215,6 +221,21 @@ def start_output_job(stack: contextlib.ExitStack, state, out, work, job: dict, r
     error = shared_error(state, error)
     if error is not None:
         raise error
+
+
+def raise_job_error(state, work, error: Exception | None, *, keep: bool) -> None:
+    """The end of a job's work: when any process failed (`error` is this process's IbdcError or None), the
+    main process removes the partial directory `work` unless `keep` (finished work that a --resume
+    continues; bad input must leave nothing behind), and every process raises the first error
+    (`shared_error`, also a barrier). Returns when no process failed."""
+    import shutil
+
+    error = shared_error(state, error)
+    if error is None:
+        return
+    if is_main(state) and not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    raise error
 
 
 def shared_error(state, error: Exception | None) -> Exception | None:

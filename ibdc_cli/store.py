@@ -83,6 +83,12 @@ def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished job writing `out` keeps its job description and finished parts: `.NAME.partial`
+    beside it (embed: part files per chunk; condense: per class; bind: the last epoch's state)."""
+    return out.parent / f".{out.name}.partial"
+
+
 @contextlib.contextmanager
 def output_lock(out: Path, held: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the output `out` while a job writes it (and its `.NAME.partial`).
@@ -367,7 +373,7 @@ def open_store(path: str | Path) -> Store:
     if path.is_file():
         raise IbdcError(f"{path} is a file; an embedding store is a directory made by `ibdc embed`")
     if not index_path.is_file():
-        partial = path.parent / f".{path.name}.partial"
+        partial = partial_dir(path)
         hint = f" (an unfinished embed is at {partial}: rerun `ibdc embed` with --resume)" if partial.exists() else ""
         raise IbdcError(f"{path} is not an ibdc embedding store: {INDEX_FILE} is missing{hint}")
     try:

@@ -11,22 +11,15 @@ from conftest import write_image, write_manifest, write_wav
 from safetensors.torch import save_file
 
 from ibdc_cli import bind as bind_module
-from ibdc_cli.bind import (
-    augment_audio,
-    bind_encoder,
-    class_mean_cosines,
-    class_mean_nce,
-    class_means,
-    embed_clips,
-    format_report,
-    info_nce,
-    one_clip_if_repeated,
-    partial_dir,
-)
+from ibdc_cli.bind import bind_encoder, format_report
 from ibdc_cli.data.manifest import read_manifest
+from ibdc_cli.data.pairs import one_clip_if_repeated
 from ibdc_cli.data.preprocess import load
+from ibdc_cli.encoders import training
 from ibdc_cli.encoders.imagebind import build_model, load_encoder
-from ibdc_cli.store import open_store, read_tensors
+from ibdc_cli.encoders.metrics import class_mean_cosines, embed_clips
+from ibdc_cli.encoders.training import augment_audio, class_mean_nce, class_means, info_nce
+from ibdc_cli.store import open_store, partial_dir, read_tensors
 
 FAST = ["--epochs", "2", "--batch-size", "3", "--workers", "0", "--val-fraction", "0.25", "--device", "cpu"]
 
@@ -154,17 +147,17 @@ def test_resume_after_interruption_gives_the_same_checkpoint(extra, tmp_path, cl
     fast = [*FAST, *extra]
     assert cli("bind", manifest, "-m", "image,audio", "--out", whole, *fast).code == 0
 
-    original = bind_module.save_state
+    original = bind_module.save_training_state
 
     def save_then_interrupt(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bind_module, "save_state", save_then_interrupt)
+    monkeypatch.setattr(bind_module, "save_training_state", save_then_interrupt)
     stopped = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *fast)
     assert stopped.code == 130 and "--resume" in stopped.err
     assert not resumed.exists() and (partial_dir(resumed) / "state.safetensors").exists()
-    monkeypatch.setattr(bind_module, "save_state", original)
+    monkeypatch.setattr(bind_module, "save_training_state", original)
     done = cli("bind", manifest, "-m", "image,audio", "--out", resumed, *fast, "--resume")
     assert done.code == 0, done
     a, meta_a = read_tensors(whole)
@@ -184,7 +177,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, cli, monkeypatch):
         bind_module.atomic_save_tensors(args[0], {"x": torch.zeros(1)})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bind_module, "save_state", interrupt)
+    monkeypatch.setattr(bind_module, "save_training_state", interrupt)
     assert cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST).code == 130
     refused = cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST, "--lr", "0.01", "--resume")
     assert refused.code == 2 and "lr" in refused.err
@@ -356,7 +349,7 @@ def test_augment_audio_varies_the_input_reproducibly():
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.allclose(a, x)
     step = 2 / 127
-    bound = bind_module.AUDIO_GAIN + bind_module.AUDIO_MEL_SHIFT * step + 1e-6
+    bound = training.AUDIO_GAIN + training.AUDIO_MEL_SHIFT * step + 1e-6
     assert (a - x).abs().max() <= bound  # a variant of the input, not noise
     assert torch.allclose(a[..., :1], a[..., 100:101])  # still steady in time
 

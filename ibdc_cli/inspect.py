@@ -1,0 +1,64 @@
+"""Recipe: describe a synthetic set or an embedding store, and optionally draw or export it (`ibdc inspect`).
+
+A path that is a directory (or not a .safetensors file) is a store, anything else a synthetic set. The
+description is `report.describe_store` / `report.describe_synthetic`; `plot` adds a PNG
+(`visualize.plot_store` / `visualize.plot_synthetic_set`) and `export` writes a set's rows as files
+(`export.export_synthetic_set`), each adding its summary to the returned dict.
+
+Example::
+
+    info = inspect_path("syn.safetensors", plot="syn.png", projection="pca")
+    info["kind"], info["plot"]["panels"]     # "synthetic", ["audio", "image", "loss"] (a set of audio+image)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ibdc_cli import report
+from ibdc_cli.errors import IbdcError
+
+
+def inspect_path(
+    path: str | Path,
+    *,
+    plot: str | Path | None = None,
+    export: str | Path | None = None,
+    real: str | Path | None = None,
+    projection: str | None = None,
+    per_class: int | None = None,
+    checkpoint: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """What `ibdc inspect PATH` shows, as a JSON-ready dict, after writing the `plot` PNG and the `export`
+    directory when they are given.
+
+    `real` (the store drawn against a set, default its recorded source store), `projection`, `per_class`
+    (real rows per class) and `checkpoint` (the set's encoder weights, for input-space rows) shape the plot;
+    None leaves `projection` and `per_class` at the plot's own defaults. `overwrite` replaces an existing
+    `plot` file or `export` directory.
+    """
+    path = Path(path)
+    is_store = path.is_dir() or path.suffix != ".safetensors"
+    info = report.describe_store(path) if is_store else report.describe_synthetic(path)
+    if export is not None and is_store:
+        raise IbdcError(f"--export writes the rows of a synthetic set; {path} is an embedding store")
+    if real is not None and (is_store or plot is None):
+        raise IbdcError("--real names the real store drawn with a synthetic set's --plot")
+    if plot is not None:
+        from ibdc_cli import visualize
+
+        options = {"projection": projection, "per_class": per_class}
+        options = {key: value for key, value in options.items() if value is not None}
+        if is_store:
+            info["plot"] = visualize.plot_store(path, plot, overwrite=overwrite, **options)
+        else:
+            info["plot"] = visualize.plot_synthetic_set(
+                path, plot, real=real, checkpoint=checkpoint, overwrite=overwrite, **options
+            )
+    if export is not None:
+        from ibdc_cli.export import export_synthetic_set
+
+        info["export"] = export_synthetic_set(path, export, overwrite=overwrite)
+    return info

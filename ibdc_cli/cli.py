@@ -187,12 +187,10 @@ def embed(config: EmbedConfig, as_json: bool) -> None:
 
     Example: ibdc embed data/train.csv --modalities image,audio --model imagebind_tiny --out stores/train
     """
-    from ibdc_cli.embed import embed_manifest
+    from ibdc_cli.embed import run_embed
     from ibdc_cli.runtime import distributed_env
 
-    result = embed_manifest(
-        config.manifest, config.modalities, config.out, **_rest(config, "manifest", "modalities", "out")
-    )
+    result = run_embed(config)
     if distributed_env() and int(os.environ.get("RANK", "0")) != 0:
         return
     summary = {

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ibdc_cli.config import EmbedConfig
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING
 from ibdc_cli.data.rows import batch_error, row_loader, usable_rows
@@ -57,102 +58,99 @@ class EmbedResult:
     seconds: float = 0.0
 
 
-def embed_manifest(
-    manifest_path: str | Path,
-    modalities: list[str],
-    out: str | Path,
-    *,
-    model: str = "imagebind_tiny",
-    checkpoint: str | Path | None = None,
-    random_init: bool = False,
-    seed: int = 0,
-    batch_size: int = 32,
-    workers: int = 2,
-    device: str = "auto",
-    precision: str = "fp32",
-    resume: bool = False,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    chunk_rows: int = 1024,
-    shard_rows: int = 16384,
-) -> EmbedResult:
-    """Embed `modalities` of every manifest row into the store directory `out`; see the module docstring."""
+def embed_manifest(manifest_path: str | Path, modalities: list[str], out: str | Path, **options) -> EmbedResult:
+    """Keyword form of `run_embed`: `options` are `EmbedConfig` fields (model, checkpoint, seed, batch_size,
+    workers, device, precision, resume, skip_bad, overwrite, ...), with its defaults.
+
+        >>> embed_manifest("data/train.csv", ["image", "audio"], "stores/train", model="imagebind_tiny")
+    """
+    config = EmbedConfig(manifest=str(manifest_path), modalities=list(modalities), out=str(out), **options)
+    return run_embed(config)
+
+
+def run_embed(config: EmbedConfig) -> EmbedResult:
+    """Embed `config.modalities` of every row of `config.manifest` into the store directory `config.out`; see
+    the module docstring."""
     started = time.time()
-    out = Path(out)
-    check_precision(precision)
-    if batch_size < 1 or chunk_rows < 1:
+    out = Path(config.out)
+    check_precision(config.precision)
+    if config.batch_size < 1 or config.chunk_rows < 1:
         raise IbdcError("--batch-size must be at least 1")
-    if workers < 0:
-        raise IbdcError(f"--workers must not be negative, not {workers} (0 decodes in the main process)")
+    if config.workers < 0:
+        raise IbdcError(f"--workers must not be negative, not {config.workers} (0 decodes in the main process)")
     if out.is_file():
         raise IbdcError(f"--out {out} is a file; an embedding store is a directory: choose another --out")
-    state = process_state(device)
-    manifest = read_manifest(manifest_path, modalities, require_label=False)
-    if (out / INDEX_FILE).exists() and not overwrite:
+    state = process_state(config.device)
+    manifest = read_manifest(config.manifest, config.modalities, require_label=False)
+    if (out / INDEX_FILE).exists() and not config.overwrite:
         raise IbdcError(f"{out} already holds a store; choose another --out or pass --overwrite")
     if out.exists() and not (out / INDEX_FILE).exists() and any(out.iterdir()):
         raise IbdcError(f"{out} exists and is not an ibdc store; choose another --out")
-    rows, skipped = usable_rows(manifest, modalities, skip_bad)
+    rows, skipped = usable_rows(manifest, config.modalities, config.skip_bad)
     if not rows:
         raise IbdcError(f"{manifest.path}: no usable rows")
 
-    encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
-    torch_device = resolve_device(state, device)
+    encoder = load_encoder(config.model, checkpoint=config.checkpoint, random_init=config.random_init, seed=config.seed)
+    torch_device = resolve_device(state, config.device)
     encoder.to(torch_device)
     announce(
         "embed",
         state,
         device=torch_device,
         encoder=encoder_words(encoder.describe()),
-        precision=precision,
+        precision=config.precision,
         rows=len(rows),
         out=out,
     )
     with contextlib.ExitStack() as stack:
         job = {
             "manifest_sha256": manifest.sha256,
-            "modalities": modalities,
+            "modalities": config.modalities,
             "encoder": encoder.describe(),
-            "preprocessing": {m: PREPROCESSING[m] for m in modalities},
-            "precision": precision,
-            "batch_size": batch_size,
-            "chunk_rows": chunk_rows,
+            "preprocessing": {m: PREPROCESSING[m] for m in config.modalities},
+            "precision": config.precision,
+            "batch_size": config.batch_size,
+            "chunk_rows": config.chunk_rows,
             "rows": rows,
         }
         work = partial_dir(out)
-        start_output_job(stack, state, out, work, job, resume)
+        start_output_job(stack, state, out, work, job, config.resume)
         error = None
 
-        chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
+        chunks = [rows[i : i + config.chunk_rows] for i in range(0, len(rows), config.chunk_rows)]
         mine = [k for k in range(len(chunks)) if k % state.num_processes == state.process_index]
-        if resume:
+        if config.resume:
             drop_damaged([work / f"part-{k:06d}.safetensors" for k in mine], log)
         todo = [k for k in mine if not (work / f"part-{k:06d}.safetensors").exists()]
         if len(todo) < len(mine):
             log(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already embedded", state)
         try:
-            with progress_bar(f"embed {','.join(modalities)}", sum(len(chunks[k]) for k in todo), state) as advance:
+            with progress_bar(
+                f"embed {','.join(config.modalities)}", sum(len(chunks[k]) for k in todo), state
+            ) as advance:
                 for k in todo:
                     _embed_chunk(
                         encoder,
                         manifest,
                         chunks[k],
-                        modalities,
+                        config.modalities,
                         work / f"part-{k:06d}.safetensors",
-                        batch_size=batch_size,
-                        workers=workers,
-                        precision=precision,
-                        skip_bad=skip_bad,
+                        batch_size=config.batch_size,
+                        workers=config.workers,
+                        precision=config.precision,
+                        skip_bad=config.skip_bad,
                         device=torch_device,
                         advance=advance,
                     )
         except IbdcError as exc:
             error = exc
         # a bad row in any process stops every process; a resumed run keeps the finished parts
-        raise_job_error(state, work, error, keep=resume)
+        raise_job_error(state, work, error, keep=config.resume)
         stored = 0
         if state.is_main_process:
-            stored, skipped = _finish_store(work, out, manifest, job, len(chunks), skipped, overwrite, shard_rows)
+            stored, skipped = _finish_store(
+                work, out, manifest, job, len(chunks), skipped, config.overwrite, config.shard_rows
+            )
         state.wait_for_everyone()
         return EmbedResult(store=out, rows=stored, skipped=skipped, seconds=time.time() - started)
 

@@ -18,7 +18,8 @@ from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders import training
 from ibdc_cli.encoders.imagebind import build_model, load_encoder
 from ibdc_cli.encoders.metrics import class_mean_cosines, embed_clips
-from ibdc_cli.encoders.training import augment_audio, class_mean_nce, class_means, info_nce
+from ibdc_cli.encoders.training import augment_audio, class_mean_nce, class_means
+from ibdc_cli.losses import info_nce
 from ibdc_cli.store import open_store, partial_dir, read_tensors
 
 FAST = ["--epochs", "2", "--batch-size", "3", "--workers", "0", "--val-fraction", "0.25", "--device", "cpu"]

@@ -4,10 +4,10 @@ back reproducing the set bit for bit."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from ibdc_cli.config import RECIPE_CONFIGS, CondenseConfig, command_line, read_config_file

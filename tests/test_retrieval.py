@@ -102,13 +102,19 @@ def test_info_nce_without_labels_is_clips_loss():
     labels it is bind's SupCon form."""
     import torch.nn.functional as F
 
-    from ibdc_cli.bind import info_nce as bind_info_nce
     from ibdc_cli.losses import info_nce
 
     def retrieval_info_nce(a, b, temperature):  # ibdc_cli/retrieval.py's, as it was
         logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
         target = torch.arange(len(a), device=a.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    def bind_info_nce(x, y, temperature, labels):  # ibdc_cli/bind.py's SupCon form, as it was (unit inputs)
+        logits = x @ y.T / temperature
+        weights = (labels[:, None] == labels[None, :]).float()
+        x_to_y = -(weights * logits.log_softmax(dim=1)).sum(1) / weights.sum(1)
+        y_to_x = -(weights.T * logits.T.log_softmax(dim=1)).sum(1) / weights.sum(0)
+        return (x_to_y.mean() + y_to_x.mean()) / 2
 
     g = torch.Generator().manual_seed(0)
     for batch, dim in ((2, 3), (7, 16), (64, 128)):

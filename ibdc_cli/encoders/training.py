@@ -4,7 +4,7 @@
 - AdamW without decay on biases and norms (`make_optimizer`), linear warm-up then cosine decay
   (`learning_rate`), a moving average of the weights (`update_average`, `averaged_weights`);
 - audio augmentation on log-mel inputs (`augment_audio`);
-- the losses: symmetric InfoNCE (`info_nce`), InfoNCE against the anchor's class means
+- the losses: symmetric InfoNCE (`losses.info_nce`), InfoNCE against the anchor's class means
   (`class_mean_nce`), and their sum over the bound modalities on a batch of rows (`bind_loss`).
 
 Example::
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ibdc_cli.data.pairs import inputs_of, rows_of
 from ibdc_cli.encoders.imagebind import MODALITY_KEYS, Encoder
+from ibdc_cli.losses import info_nce
 
 # ----------------------------------------------------------------------------------------------------
 # the parameters that train, the optimiser, its schedule, the weight average
@@ -93,24 +94,6 @@ def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
 
 # ----------------------------------------------------------------------------------------------------
 # the losses
-
-
-def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between unit vectors `x` `[B, D]` and `y` `[B, D]` whose rows are pairs (CLIP's loss).
-
-    Positives of row i are row i of the other side; with `labels` `[B]`, every row of the same label
-    (SupCon's L_out: the mean log-likelihood over the positives), for data whose pairs are only
-    meaningful up to class, such as av-digits (a digit image paired with any speaker's spoken digit).
-    """
-    logits = x @ y.T / temperature  # [B, B]
-    if labels is None:
-        positive = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    else:
-        positive = labels[:, None] == labels[None, :]
-    weights = positive.float()
-    x_to_y = -(weights * logits.log_softmax(dim=1)).sum(1) / weights.sum(1)
-    y_to_x = -(weights.T * logits.T.log_softmax(dim=1)).sum(1) / weights.sum(0)
-    return (x_to_y.mean() + y_to_x.mean()) / 2
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:

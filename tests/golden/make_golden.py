@@ -24,13 +24,53 @@ from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256  
 CASES: dict[str, list[str]] = {
     "imagebinddc-default": [],
     "imagebinddc-paper-terms": [
-        "--cross-form", "paper", "--joint-form", "paper", "--freq-bank", "0", "--cf-reduction", "ncfm",
-        "--space-map", "center", "--optimizer", "sgd", "--lr", "2.0", "--real-batch", "8",
+        "--cross-form",
+        "paper",
+        "--joint-form",
+        "paper",
+        "--freq-bank",
+        "0",
+        "--cf-reduction",
+        "ncfm",
+        "--space-map",
+        "center",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "2.0",
+        "--real-batch",
+        "8",
     ],
-    "imagebinddc-hybrid-noise": ["--cross-form", "hybrid", "--joint-form", "paper-cos", "--init", "noise",
-                                 "--num-freqs", "64", "--sigma", "0.5", "--seed", "3", "--space-map", "none"],
-    "imagebinddc-herding-init": ["--init", "herding", "--freq-bank", "4", "--alpha", "0.8", "--beta", "0.2",
-                                 "--lambda-cross", "0.5", "--lambda-joint", "2.0"],
+    "imagebinddc-hybrid-noise": [
+        "--cross-form",
+        "hybrid",
+        "--joint-form",
+        "paper-cos",
+        "--init",
+        "noise",
+        "--num-freqs",
+        "64",
+        "--sigma",
+        "0.5",
+        "--seed",
+        "3",
+        "--space-map",
+        "none",
+    ],
+    "imagebinddc-herding-init": [
+        "--init",
+        "herding",
+        "--freq-bank",
+        "4",
+        "--alpha",
+        "0.8",
+        "--beta",
+        "0.2",
+        "--lambda-cross",
+        "0.5",
+        "--lambda-joint",
+        "2.0",
+    ],
     "dm": ["--method", "dm"],
     "avdd": ["--method", "avdd", "--lambda-cross", "0.3", "--lambda-joint", "0.7"],
     "herding": ["--method", "herding"],
@@ -49,7 +89,9 @@ def write_store(path: Path) -> Path:
     tensors = {}
     for m in ("audio", "image", "text"):
         means = torch.randn(CLASSES, DIM, generator=generator)
-        tensors[m] = torch.nn.functional.normalize(means[labels] + 0.7 * torch.randn(n, DIM, generator=generator), dim=-1)
+        tensors[m] = torch.nn.functional.normalize(
+            means[labels] + 0.7 * torch.randn(n, DIM, generator=generator), dim=-1
+        )
     tensors.update(labels=labels, row=torch.arange(n))
     path.mkdir(parents=True)
     atomic_save_tensors(path / "shard-00000.safetensors", tensors)
@@ -63,7 +105,9 @@ def write_store(path: Path) -> Path:
         "labeled": True,
         "encoder": encoder,
         "manifest": {"path": "none.csv", "sha256": "0" * 64, "rows": n},
-        "shards": [{"file": "shard-00000.safetensors", "rows": n, "sha256": file_sha256(path / "shard-00000.safetensors")}],
+        "shards": [
+            {"file": "shard-00000.safetensors", "rows": n, "sha256": file_sha256(path / "shard-00000.safetensors")}
+        ],
     }
     atomic_write_json(path / "index.json", index)
     return path

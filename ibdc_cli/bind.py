@@ -5,7 +5,7 @@ ImageBind (Girdhar et al., 2023) keeps its image tower frozen and trains each ot
 space. `ibdc bind` does the same on the user's own manifest, starting from a small random-init preset or
 any `--checkpoint`, and writes a checkpoint that `--checkpoint` accepts everywhere.
 
-`bind_encoder` reads top to bottom:
+`run_bind` reads top to bottom (`bind_encoder` is its keyword form):
 1. check the request and the manifest before any model work: at least two modalities, the anchor among
    them, every row has an anchor cell, every other cell names a file of a known format
    (`data.rows.present_cells`); split the rows (seeded) into training rows and held-out rows;
@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ibdc_cli import __version__, tracking
+from ibdc_cli.config import BindConfig
 from ibdc_cli.data.manifest import ALIASES, Manifest, read_manifest
 from ibdc_cli.data.pairs import load_rows
 from ibdc_cli.data.preprocess import PREPROCESSING
@@ -102,73 +103,58 @@ class BindResult:
 
 
 def bind_encoder(
-    manifest_path: str | Path,
-    modalities: list[str],
-    anchor: str,
-    out: str | Path,
-    *,
-    model: str = "imagebind_tiny",
-    checkpoint: str | Path | None = None,
-    random_init: bool = False,
-    seed: int = 0,
-    epochs: int = 20,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup_epochs: float = 1.0,
-    temperature: float = 0.07,
-    label_positives: bool = False,
-    targets: str = "rows",
-    anchor_map: str = "whiten",
-    augment: bool = True,
-    ema: float = 0.0,
-    val_manifest: str | Path | None = None,
-    val_fraction: float = 0.1,
-    workers: int = 2,
-    device: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    log_with: list[str] | tuple[str, ...] = (),
-    log_dir: str | Path | None = None,
+    manifest_path: str | Path, modalities: list[str], anchor: str, out: str | Path, **options
 ) -> BindResult:
-    """Train the towers of `modalities` other than `anchor` to meet the frozen anchor tower; write `out`.
+    """Keyword form of `run_bind`: `options` are `BindConfig` fields (model, checkpoint, epochs, lr, ...),
+    with its defaults.
 
     >>> result = bind_encoder("train.csv", ["image", "audio"], "image", "enc.safetensors", epochs=30)
     >>> result.after["audio"]["label_r1_to_anchor"]        # held-out audio->image, top-1 of the same class
     >>> load_encoder("imagebind_tiny", checkpoint="enc.safetensors").embed("audio", x)   # [B, 256]
     """
+    config = BindConfig(
+        manifest=str(manifest_path), modalities=list(modalities), anchor=anchor, out=str(out), **options
+    )
+    return run_bind(config)
+
+
+def run_bind(config: BindConfig) -> BindResult:
+    """Train the towers of `config.modalities` other than `config.anchor` to meet the frozen anchor tower;
+    write the checkpoint `config.out` (see the module docstring). Its metadata records the config, so
+    `ibdc bind --config enc.safetensors` binds again with the same settings."""
     started = time.time()
-    out = Path(out)
-    anchor = ALIASES.get(anchor.strip().lower(), anchor.strip().lower())
+    out = Path(config.out)
+    anchor = ALIASES.get(config.anchor.strip().lower(), config.anchor.strip().lower())
+    modalities = config.modalities
     settings = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "temperature": temperature,
-        "label_positives": label_positives,
-        "targets": targets,
-        "anchor_map": anchor_map,
-        "augment": augment,
-        "ema": ema,
-        "val_fraction": 0.0 if val_manifest is not None else val_fraction,
-        "seed": seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "warmup_epochs": config.warmup_epochs,
+        "temperature": config.temperature,
+        "label_positives": config.label_positives,
+        "targets": config.targets,
+        "anchor_map": config.anchor_map,
+        "augment": config.augment,
+        "ema": config.ema,
+        "val_fraction": 0.0 if config.val_manifest is not None else config.val_fraction,
+        "seed": config.seed,
     }
 
     # 1. check
-    _check_request(modalities, anchor, out, overwrite, settings)
+    _check_request(modalities, anchor, out, config.overwrite, settings)
     bound = [m for m in modalities if m != anchor]
-    state = process_state(device)
-    split = _check_manifests(manifest_path, val_manifest, modalities, anchor, settings)
+    state = process_state(config.device)
+    split = _check_manifests(config.manifest, config.val_manifest, modalities, anchor, settings)
 
     # 2. decode: the starting encoder, on the main process only, then every row once
-    encoder = load_encoder(model, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    encoder = load_encoder(config.model, checkpoint=config.checkpoint, random_init=config.random_init, seed=config.seed)
     if state.num_processes > 1:
         log(f"bind trains on the main process only; the other {state.num_processes - 1} process(es) exit", state)
         if not state.is_main_process:
             return BindResult(out=out, encoder=None)
-    torch_device = resolve_device(state, device)
+    torch_device = resolve_device(state, config.device)
     encoder.to(torch_device)
     announce(
         "bind",
@@ -182,29 +168,38 @@ def bind_encoder(
 
     with contextlib.ExitStack() as stack:
         job = {
-            "preset": model,
+            "preset": config.model,
             "start": encoder.describe()["weights"],
             "modalities": modalities,
             "anchor": anchor,
             "manifest_sha256": split.manifest.sha256,
-            "val_manifest_sha256": None if val_manifest is None else split.held_out.sha256,
+            "val_manifest_sha256": None if config.val_manifest is None else split.held_out.sha256,
             **settings,
         }
         work = partial_dir(out)
         # state None: a world of one (the other processes have returned). A second bind to this --out
         # exits 2 here, touching nothing.
-        start_output_job(stack, None, out, work, job, resume)
-        resuming = resume and (work / "state.safetensors").exists()
-        if resume and not resuming:
+        start_output_job(stack, None, out, work, job, config.resume)
+        resuming = config.resume and (work / "state.safetensors").exists()
+        if config.resume and not resuming:
             log(f"--resume: no finished epoch in {work}; starting from the beginning")
 
         error = None
         try:
-            data = load_rows(encoder, split.manifest, modalities, anchor, split.has, batch_size, workers, torch_device)
+            data = load_rows(
+                encoder, split.manifest, modalities, anchor, split.has, config.batch_size, config.workers, torch_device
+            )
             val_data = data
-            if val_manifest is not None:
+            if config.val_manifest is not None:
                 val_data = load_rows(
-                    encoder, split.held_out, modalities, anchor, split.held_out_has, batch_size, workers, torch_device
+                    encoder,
+                    split.held_out,
+                    modalities,
+                    anchor,
+                    split.held_out_has,
+                    config.batch_size,
+                    config.workers,
+                    torch_device,
                 )
         except IbdcError as exc:
             error = exc
@@ -213,29 +208,33 @@ def bind_encoder(
         if resuming:
             log(f"resuming the unfinished bind in {work}")
         anchor_space, anchor_embeddings, anisotropy, how = _map_anchor(
-            encoder, anchor, data["anchor_raw"], split.train_rows, anchor_map
+            encoder, anchor, data["anchor_raw"], split.train_rows, config.anchor_map
         )
-        val_anchor = anchor_embeddings if val_manifest is None else map_embeddings(val_data["anchor_raw"], anchor_space)
+        val_anchor = (
+            anchor_embeddings if config.val_manifest is None else map_embeddings(val_data["anchor_raw"], anchor_space)
+        )
         class_targets = None
-        if targets == "class-means":
+        if config.targets == "class-means":
             train = split.train_rows
             class_targets = class_means(anchor_embeddings[train], split.labels[train], len(split.manifest.class_names))
 
         def evaluate() -> dict[str, dict[str, float]]:
             return {
-                m: held_out_metrics(encoder, m, val_data, val_anchor, split.held_out_labels, split.val_rows, batch_size)
+                m: held_out_metrics(
+                    encoder, m, val_data, val_anchor, split.held_out_labels, split.val_rows, config.batch_size
+                )
                 for m in bound
             }
 
         # 3. train
-        logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
-        with tracking.run(list(log_with), out.stem, logs, {**job, "workers": workers}):
+        logs = Path(config.log_dir) if config.log_dir is not None else out.parent / f"{out.stem}-logs"
+        with tracking.run(list(config.log_with), out.stem, logs, {**job, "workers": config.workers}):
             trained = train_towers(
                 encoder,
                 bound,
                 data,
                 anchor_embeddings,
-                split.labels if label_positives or class_targets is not None else None,
+                split.labels if config.label_positives or class_targets is not None else None,
                 class_targets,
                 split.train_rows,
                 settings,
@@ -255,7 +254,7 @@ def bind_encoder(
             "format": BOUND_FORMAT,
             "format_version": BOUND_VERSION,
             "ibdc_version": __version__,
-            "preset": model,
+            "preset": config.model,
             "modalities": modalities,
             "anchor": anchor,
             "bound": bound,
@@ -264,11 +263,16 @@ def bind_encoder(
             "centers": sorted(encoder.centers),
             "whiteners": sorted(encoder.whiteners),
             "anchor_mean_cosine": anisotropy,
-            "start": {"weights": job["start"], "seed": seed if job["start"] == "random-init" else None},
-            "settings": {**settings, "workers": workers, "device": str(torch_device)},
+            "start": {"weights": job["start"], "seed": config.seed if job["start"] == "random-init" else None},
+            "settings": {**settings, "workers": config.workers, "device": str(torch_device)},
+            "config": {
+                **config.recorded(),
+                "manifest": str(Path(config.manifest).resolve()),
+                "val_manifest": None if config.val_manifest is None else str(Path(config.val_manifest).resolve()),
+            },
             "rows": {"train": len(split.train_rows), "held_out": len(split.val_rows)},
             "manifest": _manifest_record(split.manifest),
-            "val_manifest": None if val_manifest is None else _manifest_record(split.held_out),
+            "val_manifest": None if config.val_manifest is None else _manifest_record(split.held_out),
             "class_names": split.manifest.class_names,
             "preprocessing": {m: PREPROCESSING[m] for m in modalities},
             "metrics": {"before": trained["before"], "after": after},

@@ -85,10 +85,6 @@ def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def _rest(config_value: config.Config, *skip: str) -> dict:
-    return {f.name: getattr(config_value, f.name) for f in dataclasses.fields(config_value) if f.name not in skip}
-
-
 def _typer_parameter(f: dataclasses.Field, cls: type[config.Config]) -> Parameter:
     """The Typer parameter of one config field: its flag, help, default and (for Literal fields) choices."""
     meta = f.metadata
@@ -103,7 +99,9 @@ def _typer_parameter(f: dataclasses.Field, cls: type[config.Config]) -> Paramete
         kind = list[str]
     else:
         kind = want | None if default is None else want
-    extra: dict = {"help": meta["help"], "hidden": meta["hidden"]}
+    if required:  # required, but it may come from --config FILE: `config.resolve` checks it is given
+        kind, default = kind | None, None
+    extra: dict = {"help": meta["help"] + (" (required)" if required else ""), "hidden": meta["hidden"]}
     if choices:
         extra["metavar"] = "[" + "|".join(choices) + "]"
         extra["autocompletion"] = _completer(choices)
@@ -111,7 +109,7 @@ def _typer_parameter(f: dataclasses.Field, cls: type[config.Config]) -> Paramete
         extra["metavar"] = meta["metavar"]
     if meta["argument"]:
         extra["metavar"] = f.name.upper()
-        info = typer.Argument(show_default=not required and default is not None, **extra)
+        info = typer.Argument(show_default=default is not None, **extra)
     else:
         names = [config.flag_of(f)]
         if meta["negative"]:
@@ -123,7 +121,7 @@ def _typer_parameter(f: dataclasses.Field, cls: type[config.Config]) -> Paramete
         f.name,
         Parameter.KEYWORD_ONLY,
         annotation=Annotated[kind, info],
-        default=Parameter.empty if required else default,
+        default=default,
     )
 
 
@@ -274,10 +272,9 @@ def bind(config: BindConfig, as_json: bool) -> None:
 
     Example: ibdc bind data/train.csv --modalities image,audio --anchor image --epochs 30 --out enc.safetensors
     """
-    from ibdc_cli.bind import bind_encoder, format_report
+    from ibdc_cli.bind import format_report, run_bind
 
-    options = _rest(config, "manifest", "modalities", "anchor", "out")
-    result = bind_encoder(config.manifest, config.modalities, config.anchor, config.out, **options)
+    result = run_bind(config)
     if not result.metadata:  # not the main process
         return
     if as_json:

@@ -647,6 +647,10 @@ def coerce_options(values: dict[str, Any], cls: type[Config], where: str) -> dic
 def resolve(cls: type[Config], file_values: dict[str, Any], given: dict[str, Any]) -> Config:
     """The config a command runs: the defaults < the preset (condense) < --config FILE < the command line."""
     merged = {**file_values, **given}
+    missing = [f for f in fields(cls) if _default_of(f) is MISSING and merged.get(f.name) is None]
+    if missing:
+        names = ", ".join(f.name.upper() if f.metadata["argument"] else flag_of(f) for f in missing)
+        raise IbdcError(f"ibdc {cls.COMMAND}: missing {names} (give it on the command line or in --config FILE)")
     if cls is CondenseConfig:
         return CondenseConfig.from_preset(merged.pop("preset", None), **merged)
     return cls(**merged)

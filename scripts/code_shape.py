@@ -21,7 +21,7 @@ from pathlib import Path
 COMMANDS = {
     "embed": ("embed", ("embed.py", "embed_manifest"), "EmbedConfig"),
     "condense": ("condense", ("condense.py", "condense"), "CondenseConfig"),
-    "bind": ("bind", ("bind.py", "bind_encoder"), "BindConfig"),
+    "bind": ("bind", ("bind.py", "run_bind"), "BindConfig"),
     "evaluate": ("evaluate", ("evaluation/runner.py", "evaluate"), "EvaluateConfig"),
 }
 # where the evaluate runner lived before it became a package

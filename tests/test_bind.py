@@ -141,6 +141,18 @@ def test_cli_prints_before_after_table_and_json(tmp_path, cli):
     assert not partial_dir(out).exists()
 
 
+def test_a_checkpoints_recorded_config_fed_back_binds_the_same_encoder(tmp_path, cli):
+    manifest = _pairs(tmp_path / "data")
+    first, again = tmp_path / "first.safetensors", tmp_path / "again.safetensors"
+    assert cli("bind", manifest, "-m", "image,audio", "--out", first, *FAST, "--seed", "3").code == 0
+    recorded = json.loads(read_tensors(first)[1]["ibdc"])["config"]
+    assert recorded["manifest"] == str(manifest.resolve()) and recorded["seed"] == 3 and "out" not in recorded
+    done = cli("bind", "--config", first, "--out", again)
+    assert done.code == 0, done
+    a, b = read_tensors(first)[0], read_tensors(again)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.5"]], ids=["plain", "ema"])
 def test_resume_after_interruption_gives_the_same_checkpoint(extra, tmp_path, cli, monkeypatch):
     manifest = _pairs(tmp_path / "data")

@@ -5,14 +5,15 @@ What it measures, in one run (read the ratios, not the absolute seconds: the CPU
 1. **scaling** (embedding space): one class of `n` paired real rows (random unit vectors, modalities
    audio + image, `--dim` D, default 1024) for each n in `--rows`, DPC `--dpc` synthetic rows, the
    ImageBindDC loss (`losses.imagebinddc_loss`: uni CFD at `--num-freqs` K frequencies + cross "paper" +
-   joint "paper", what `condense._step` computes), backward and an Adam step. Modes:
+   joint "paper", what `condense.optimisation_step` computes
+   with a configured `losses.ImageBindDCLoss`), backward and an Adam step. Modes:
    - `all`: every real row in every step, frequencies redrawn every step (`--real-batch 0`);
    - `batch256`: 256 random real rows per step, frequencies redrawn (`--real-batch 256`, the default);
    - `bank8`: 8 fixed frequency draws whose real-side CFs over all n rows are computed once
      (`losses.modality_cfs`, timed apart as "precompute") and passed as `real_cf=`, with the cross/joint
      terms on all n real rows (how `--freq-bank` first worked; kept for comparison);
    - `bank8+batch256`: the same bank, with the cross/joint terms on 256 random real rows per step: what
-     `ibdc condense --freq-bank 8` does now (`condense._imagebinddc_terms` with the default --real-batch).
+     `ibdc condense --freq-bank 8` does now (a `losses.FrequencyBank` with the default --real-batch).
    Each mode runs in a fresh process holding the data of every n; its steps are interleaved round-robin
    over n (one step at each n, then again), so the machine's load hits every n alike and the ratios
    across n stay fair on a shared CPU. Peak RSS (`ru_maxrss`) is read after each n's warm-up, in
@@ -164,7 +165,8 @@ def paired_unit_vectors(n: int, dim: int, generator: torch.Generator) -> dict[st
 
 
 def random_rows(real: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """`size` random rows, the same for every modality (as `condense._real_batch`); all if size is 0 or >= n."""
+    """`size` random rows, the same for every modality (as `ibdc condense --real-batch` draws them); all if
+    size is 0 or >= n."""
     n = next(iter(real.values())).shape[0]
     if size == 0 or n <= size:
         return real
@@ -172,35 +174,21 @@ def random_rows(real: dict[str, torch.Tensor], size: int, generator: torch.Gener
     return {m: v[index] for m, v in real.items()}
 
 
-def frequency_bank(real: dict[str, torch.Tensor], setting: ScalingSetting, generator: torch.Generator) -> list:
-    """`[(freqs, real_cf)] * bank`: fixed draws and the real side's CFs over all rows (`condense._frequency_bank`)."""
-    bank = []
-    for _ in range(setting.bank):
-        freqs = {m: losses.sample_frequencies(setting.num_freqs, setting.dim, generator=generator) for m in real}
-        bank.append((freqs, losses.modality_cfs(real, freqs)))
+def frequency_bank(real: dict[str, torch.Tensor], setting: ScalingSetting, generator: torch.Generator):
+    """`setting.bank` fixed draws and the real side's CFs over all rows: the `losses.FrequencyBank` of
+    `ibdc condense --freq-bank` (one class, id 0)."""
+    dims = {m: v.shape[1] for m, v in real.items()}
+    bank = losses.FrequencyBank.draw(setting.bank, dims, setting.num_freqs, 1.0, joint=False, generator=generator)
+    bank.add_class(0, real)
     return bank
 
 
 def imagebinddc_step(real, params, optimizer, mode: str, setting: ScalingSetting, bank, generator) -> float:
-    """One optimisation step of one class, as `condense._step` runs `imagebinddc` in embedding space."""
+    """One optimisation step of one class, as `condense.optimisation_step` runs `imagebinddc` in embedding space."""
     batch = random_rows(real, setting.batch if mode.endswith("batch256") else 0, generator)
     syn = {m: F.normalize(p, dim=-1) for m, p in params.items()}
-    real_cf = None
-    if mode.startswith("bank"):
-        b = int(torch.randint(len(bank), (1,), generator=generator))
-        freqs, real_cf = bank[b]
-    else:
-        freqs = {m: losses.sample_frequencies(setting.num_freqs, setting.dim, generator=generator) for m in real}
-    terms = losses.imagebinddc_loss(
-        batch,
-        syn,
-        freqs=freqs,
-        freqs_joint=None,
-        cross_form="paper",
-        joint_form="paper",
-        generator=generator,
-        real_cf=real_cf,
-    )
+    loss = losses.ImageBindDCLoss(num_freqs=setting.num_freqs, sigma=1.0, cross_form="paper", joint_form="paper")
+    terms = loss(batch, syn, generator=generator, bank=bank if mode.startswith("bank") else None, class_id=0)
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
     optimizer.step()

@@ -3,7 +3,7 @@
 A 10-class job shaped like VGGS-10K (audio + image, real batch 128 per class), DPC 1, 10 and 20, for the
 paper's Table 6 comparison (57.46 s / 5.6 GB at DPC 1 on an A100). The real side is what a store holds:
 cached unit-norm embeddings, never recomputed per step. Each step is one class's step of `ibdc condense`
-(the same `_step` function): synthetic pixels and fbanks -> frozen encoder -> tri-level CF loss -> backward
+(the same `condense.optimisation_step`): synthetic pixels and fbanks -> frozen encoder -> tri-level CF loss -> backward
 -> Adam. One iteration over the 10 classes is 10 such steps.
 
     python benchmarks/gpu_imagebind_huge.py                 # on a GPU machine
@@ -19,7 +19,14 @@ import time
 
 import torch
 
-from ibdc_cli.condense import CondenseConfig, _initial_params, _make_optimizer, _step, class_generator
+from ibdc_cli.condense import (
+    ClassJob,
+    Condensation,
+    CondenseConfig,
+    class_generator,
+    optimisation_step,
+    start_synthesis,
+)
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.runtime import autocast
@@ -52,18 +59,19 @@ def measure(encoder, dpc: int, steps: int, num_freqs: int, device: torch.device,
         for m in config.modalities
     }
     space_maps = {m: None for m in config.modalities}  # random unit vectors: no space map
-    params = _initial_params(real, None, dpc, config, None, encoder, generator)
-    optimizer = _make_optimizer(list(params.values()), config)
+    run = Condensation.build(config, device, space_maps, encoder=encoder)
+    job = ClassJob(class_id=0, real=real, target=real, rows=None, dpc=dpc, generator=generator)
+    params, optimizer = start_synthesis(run, job)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    _step(real, params, config, encoder, space_maps, None, 0, generator, optimizer)  # warm-up
+    optimisation_step(run, job, params, optimizer)  # warm-up
     times = []
     for _ in range(steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        _step(real, params, config, encoder, space_maps, None, 0, generator, optimizer)
+        optimisation_step(run, job, params, optimizer)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -1,13 +1,15 @@
 """Recipe: condense an embedding store into a synthetic set (`ibdc condense`).
 
-Reads top to bottom:
+`run_condense(CondenseConfig)` reads top to bottom (`condense(store, out, **options)` is its keyword form):
 1. open the store, check the request against it (modalities, DPC vs the smallest class, encoder);
 2. give every class its own random stream, seeded from (seed, class id), and split the classes over
    the processes (class c -> process c mod N): N processes compute exactly what one process computes;
-3. per class: select real rows (`random`/`herding`/`kcenter`), or initialise synthetic rows and
-   optimise them against the class's real embeddings (`imagebinddc`/`dm`/`avdd`), in the embedding
-   space or, through the frozen encoder, in the model-input space. The real side always comes from the
-   store: it never changes, so it is never recomputed per step;
+3. per class (`condense_class`, one `ClassJob` in a `Condensation` shared by all classes): select real
+   rows (`random`/`herding`/`kcenter`), or initialise synthetic rows and optimise them against the
+   class's real embeddings with the method's configured loss (`imagebinddc`/`dm`/`avdd`; methods are
+   found by name in `ibdc_cli.methods.REGISTRY`), in the embedding space or, through the frozen encoder,
+   in the model-input space. The real side always comes from the store: it never changes, so it is never
+   recomputed per step (with --freq-bank, its CFs are cached in a `losses.FrequencyBank`);
 4. each finished class is saved as a part file (and long classes checkpoint every few iterations) in
    `.OUT.partial/`, so an interrupted run resumes with --resume;
 5. the main process merges the classes into one .safetensors file with every setting in its metadata.
@@ -45,7 +47,8 @@ from ibdc_cli.config import (  # noqa: F401 (CondenseConfig and PRESETS: importa
 )
 from ibdc_cli.data.preprocess import INPUT_SHAPES
 from ibdc_cli.errors import IbdcError
-from ibdc_cli.methods.selection import SELECTION_METHODS, select
+from ibdc_cli.methods import CondensationMethod, get_method
+from ibdc_cli.methods.selection import select
 from ibdc_cli.runtime import (
     announce,
     autocast,
@@ -53,8 +56,8 @@ from ibdc_cli.runtime import (
     log,
     process_state,
     progress_bar,
+    raise_job_error,
     resolve_device,
-    shared_error,
     start_output_job,
 )
 from ibdc_cli.space import fit_space_map, map_embeddings
@@ -96,40 +99,84 @@ def class_generator(seed: int, class_id: int) -> torch.Generator:
 # the recipe
 
 
-def condense(
-    store_path: str | Path,
-    out: str | Path,
-    config: CondenseConfig,
-    *,
-    device: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    log_with: list[str] | tuple[str, ...] = (),
-    log_dir: str | Path | None = None,
-) -> CondenseResult:
-    """Condense the store at `store_path` into the synthetic set `out`; see the module docstring.
+def run_condense(config: CondenseConfig) -> CondenseResult:
+    """Condense the store `config.store` into the synthetic set `config.out`; see the module docstring.
 
-    `log_with` (trackers of `ibdc_cli.tracking`: csv, tensorboard, wandb) logs each step's loss terms and
-    seconds per class to `log_dir` (default: `OUT-logs/` beside `out`)."""
+    `config.log_with` (trackers of `ibdc_cli.tracking`: csv, tensorboard, wandb) logs each step's loss
+    terms and seconds per class to `config.log_dir` (default: `OUT-logs/` beside the output)."""
     started = time.time()
-    out = Path(out)
     config.check()
-    state = process_state(device)
+    state = process_state(config.device)
     if config.guide == "convnet" and config.freq_bank:
         log("--guide convnet redraws its networks every step, so real CFs cannot be cached: --freq-bank 0", state)
         config = replace(config, freq_bank=0)
-    torch_device = resolve_device(state, device)
-    store = open_store(store_path)
+    device = resolve_device(state, config.device)
+    store, out = open_store(config.store), Path(config.out)
+    _check_request(store, out, config, state, device)
+    data, class_names, pseudo, space_maps = _real_classes(store, config)
+    per_class = _rows_per_class(data["labels"], len(class_names))
+    dpc_of = _check_dpc(per_class, class_names, config)
+    run = Condensation.build(config, device, space_maps, store=store)
+
+    with contextlib.ExitStack() as stack:
+        work = partial_dir(out)
+        start_output_job(
+            stack, state, out, work, {"store": store.fingerprint(), "config": config.settings()}, config.resume
+        )
+        classes = [c for c in range(len(class_names)) if per_class[c].numel()]
+        todo = _classes_to_do(classes, state, work, config.resume)
+        error = None
+        try:
+            bank = _frequency_bank(run, data, per_class, todo)
+            logs = Path(config.log_dir) if config.log_dir is not None else out.parent / f"{out.stem}-logs"
+            steps = len(todo) * (config.iterations if run.method.kind == "synthesis" else 1)
+            with (
+                tracking.run(
+                    list(config.log_with), out.stem, logs, {"store": str(store.path), **config.settings()}, state
+                ),
+                progress_bar(f"condense {config.method}", steps, state, fields="loss {task.fields[loss]}") as advance,
+            ):
+                for c in todo:
+                    job = _class_job(run, c, data, per_class[c], dpc_of[c], bank, work)
+                    tensors, history = condense_class(run, job, advance)
+                    _save_class(work, job, tensors, history, class_names)
+        except IbdcError as exc:
+            error = exc
+        # Bad input in any process stops every process and leaves nothing half-written, but a resumed run
+        # never deletes the finished work it was asked to continue.
+        raise_job_error(state, work, error, keep=config.resume)
+        result = None
+        if state.is_main_process:
+            result = _write_synthetic_set(out, work, classes, run, started, class_names=class_names, pseudo=pseudo)
+            shutil.rmtree(work, ignore_errors=True)
+        state.wait_for_everyone()
+        return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
+
+
+def condense(
+    store_path: str | Path, out: str | Path, config: CondenseConfig | None = None, **options: Any
+) -> CondenseResult:
+    """`run_condense` in keyword form: condense the store at `store_path` into the set `out`.
+
+    `config` (default: `CondenseConfig()`, ibdc's defaults) with `options` replaced, any field of
+    `CondenseConfig` by name, e.g. `condense("stores/train", "syn.safetensors", dpc=5, device="cpu")`.
+    """
+    base = config if config is not None else CondenseConfig()
+    return run_condense(replace(base, store=str(store_path), out=str(out), **options))
+
+
+def _check_request(store: Store, out: Path, config: CondenseConfig, state, device: torch.device) -> None:
+    """The output path and the request against the store, before any work; then the run's first line."""
     if out.is_dir():
         raise IbdcError(f"--out {out} is a directory; a synthetic set is one .safetensors file")
-    if out.exists() and not overwrite:
+    if out.exists() and not config.overwrite:
         raise IbdcError(f"{out} exists; choose another --out or pass --overwrite")
     if out.suffix != ".safetensors":
         raise IbdcError(f"--out {out}: a synthetic set is written as a .safetensors file")
     announce(
         "condense",
         state,
-        device=torch_device,
+        device=device,
         encoder=encoder_words(store.encoder),
         precision=config.precision,
         method=config.method,
@@ -139,102 +186,27 @@ def condense(
     missing = [m for m in config.modalities if m not in store.modalities]
     if missing:
         raise IbdcError(f"store {store.path} has no {missing[0]!r} embeddings (it has: {', '.join(store.modalities)})")
-    labeled = store.index.get("labeled", bool(store.class_names))
-    if labeled and config.clusters:
+    if _is_labeled(store) and config.clusters:
         raise IbdcError(f"--clusters forms pseudo-classes for a store without labels; store {store.path} has labels")
+
+
+def _is_labeled(store: Store) -> bool:
+    return store.index.get("labeled", bool(store.class_names))
+
+
+def _real_classes(store: Store, config: CondenseConfig):
+    """The store's embeddings in the condensation space (`--space-map` fitted on them), and its classes:
+    `(data, class_names, pseudo, space_maps)`; `pseudo` records how a store without labels was split."""
     data = store.load(config.modalities)
     space_maps = {m: fit_space_map(data[m], config.space_map) for m in config.modalities}
     for m in config.modalities:
         data[m] = map_embeddings(data[m], space_maps[m])
     class_names, pseudo = store.class_names, {}
-    if not labeled:  # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
+    if not _is_labeled(store):  # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
         from ibdc_cli.methods.clusters import pseudo_classes
 
         data["labels"], class_names, pseudo = pseudo_classes(data, config.modalities, config.clusters, config.seed)
-    per_class = _rows_per_class(data["labels"], len(class_names))
-    dpc_of = _check_dpc(per_class, class_names, config)
-    use_imagebind = config.space == "input" and config.guide == "imagebind"
-    encoder = _input_space_encoder(store, config, torch_device) if use_imagebind else None
-
-    with contextlib.ExitStack() as stack:
-        job = {"store": store.fingerprint(), "config": config.settings()}
-        work = partial_dir(out)
-        start_output_job(stack, state, out, work, job, resume)
-        error = None
-
-        space_maps = {m: None if v is None else v.to(torch_device) for m, v in space_maps.items()}
-        classes = [c for c in range(len(class_names)) if per_class[c].numel()]
-        mine = [c for c in classes if c % state.num_processes == state.process_index]
-        if resume:
-            drop_damaged([work / f"{kind}-{c:05d}.safetensors" for c in mine for kind in ("class", "state")], log)
-        todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
-        if len(todo) < len(mine):
-            log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
-        bank = _frequency_bank(data, per_class, todo, config, torch_device) if config.freq_bank else None
-        steps = config.iterations if config.method in SYNTHESIS_METHODS else 1
-        try:
-            logs = Path(log_dir) if log_dir is not None else out.parent / f"{out.stem}-logs"
-            with (
-                tracking.run(list(log_with), out.stem, logs, {"store": str(store.path), **config.settings()}, state),
-                progress_bar(
-                    f"condense {config.method}", len(todo) * steps, state, fields="loss {task.fields[loss]}"
-                ) as advance,
-            ):
-                for c in todo:
-                    real = {m: data[m][per_class[c]].to(torch_device) for m in config.modalities}
-                    rows = data["row"][per_class[c]]
-                    if config.guide == "convnet" and config.method in SYNTHESIS_METHODS:
-                        # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
-                        target = {
-                            m: v.to(torch_device)
-                            for m, v in _real_inputs(store, config, rows, config.modalities).items()
-                        }
-                    else:
-                        target = real
-                    tensors, history = _condense_class(
-                        c,
-                        real,
-                        target,
-                        rows,
-                        dpc_of[c],
-                        config,
-                        store,
-                        encoder,
-                        space_maps,
-                        bank,
-                        work,
-                        torch_device,
-                        advance,
-                    )
-                    tensors["labels"] = torch.full((dpc_of[c],), c, dtype=torch.int64)
-                    if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
-                        raise IbdcError(
-                            f"condensing class {class_names[c]!r} diverged: the synthetic rows hold NaN or Inf "
-                            "(lower --lr or --sigma); nothing was written"
-                        )
-                    atomic_save_tensors(
-                        work / f"class-{c:05d}.safetensors",
-                        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                        metadata={"history": json.dumps(history)},
-                    )
-                    (work / f"state-{c:05d}.safetensors").unlink(missing_ok=True)
-        except IbdcError as exc:
-            error = exc
-        error = shared_error(state, error)  # bad input in any process stops every process
-        if error is not None:
-            # Bad input found mid-run leaves nothing half-written, but a resumed run never deletes the
-            # finished work it was asked to continue.
-            if state.is_main_process and not resume:
-                shutil.rmtree(work, ignore_errors=True)
-            raise error
-        result = None
-        if state.is_main_process:
-            result = _write_synthetic_set(
-                out, work, classes, store, config, encoder, space_maps, started, class_names=class_names, pseudo=pseudo
-            )
-            shutil.rmtree(work, ignore_errors=True)
-        state.wait_for_everyone()
-        return result or CondenseResult(path=out, rows=0, seconds=time.time() - started, final_loss=None)
+    return data, class_names, pseudo, space_maps
 
 
 def _rows_per_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
@@ -253,44 +225,168 @@ def _check_dpc(per_class: list[torch.Tensor], class_names: list[str], config: Co
     return [min(config.dpc, n) for n in counts]
 
 
+def _classes_to_do(classes: list[int], state, work: Path, resume: bool) -> list[int]:
+    """This process's classes (class c -> process c mod N) that have no finished part file yet."""
+    mine = [c for c in classes if c % state.num_processes == state.process_index]
+    if resume:
+        drop_damaged([work / f"{kind}-{c:05d}.safetensors" for c in mine for kind in ("class", "state")], log)
+    todo = [c for c in mine if not (work / f"class-{c:05d}.safetensors").exists()]
+    if len(todo) < len(mine):
+        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} classes already done", state)
+    return todo
+
+
+def _frequency_bank(run: Condensation, data, per_class, classes: list[int]) -> losses.FrequencyBank | None:
+    """--freq-bank B fixed frequency draws (seeded by --seed alone) and the real-side CFs of `classes`
+    under each (`losses.FrequencyBank`); None without --freq-bank, or for a method that draws none."""
+    config = run.config
+    if not config.freq_bank or not isinstance(run.loss, losses.ImageBindDCLoss):
+        return None
+    bank = losses.FrequencyBank.draw(
+        config.freq_bank,
+        {m: data[m].shape[1] for m in config.modalities},
+        config.num_freqs,
+        config.sigma,
+        joint=config.joint_form == "cf" and len(config.modalities) > 1,
+        generator=torch.Generator().manual_seed(config.seed),
+        device=run.device,
+    )
+    for c in classes:
+        bank.add_class(c, {m: data[m][per_class[c]].to(run.device) for m in config.modalities})
+    return bank
+
+
+def _class_job(run: Condensation, c: int, data, rows: torch.Tensor, dpc: int, bank, work: Path) -> ClassJob:
+    """Class `c`'s job: its real embeddings on the device, what its steps match, its random stream."""
+    config = run.config
+    real = {m: data[m][rows].to(run.device) for m in config.modalities}
+    manifest_rows = data["row"][rows]
+    target = real
+    if config.guide == "convnet" and run.method.kind == "synthesis":
+        # The ConvNet is redrawn every step, so its real side has to be recomputed from real inputs.
+        inputs = _real_inputs(run.store, config, manifest_rows, config.modalities)
+        target = {m: v.to(run.device) for m, v in inputs.items()}
+    return ClassJob(
+        class_id=c,
+        real=real,
+        target=target,
+        rows=manifest_rows,
+        dpc=dpc,
+        generator=class_generator(config.seed, c),
+        bank=bank,
+        state_file=work / f"state-{c:05d}.safetensors",
+    )
+
+
+def _save_class(work: Path, job: ClassJob, tensors: dict[str, torch.Tensor], history, class_names) -> None:
+    """The finished class as its part file (then its checkpoint goes); non-finite rows are an error."""
+    tensors["labels"] = torch.full((job.dpc,), job.class_id, dtype=torch.int64)
+    if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+        raise IbdcError(
+            f"condensing class {class_names[job.class_id]!r} diverged: the synthetic rows hold NaN or Inf "
+            "(lower --lr or --sigma); nothing was written"
+        )
+    atomic_save_tensors(
+        work / f"class-{job.class_id:05d}.safetensors",
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"history": json.dumps(history)},
+    )
+    (work / f"state-{job.class_id:05d}.safetensors").unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------------------------------
 # one class
 
 
-def _condense_class(c, real, target, rows, dpc, config, store, encoder, space_maps, bank, work, device, advance):
-    """Synthetic (or selected) tensors of class `c` and its loss history.
+@dataclass
+class Condensation:
+    """What every class of one run shares: the config, its method and configured loss, the device, the
+    space maps, and for --space input the frozen encoder and the store (its real inputs)."""
 
-    `real`: the class's store embeddings `{m: [n, D]}` (selection, initialisation); `target`: what the
-    synthetic rows are matched against each step (the same embeddings, or real inputs for the ConvNet guide).
-    """
-    generator = class_generator(config.seed, c)
-    if config.method in SELECTION_METHODS:
-        chosen = select(config.method, {m: v.cpu() for m, v in real.items()}, dpc, generator)
+    config: CondenseConfig
+    method: CondensationMethod
+    loss: Any
+    """The configured loss of a synthesis method (`method.loss.from_config(config)`); None for a selection."""
+    device: torch.device
+    space_maps: dict[str, Any]
+    encoder: Any = None
+    store: Store | None = None
+
+    @classmethod
+    def build(cls, config: CondenseConfig, device, space_maps, *, store: Store | None = None, encoder=None):
+        """The run of `config` on `device`; the store's own encoder is loaded for --space input with the
+        ImageBind guide (unless `encoder` is given), and `space_maps` move to the device."""
+        method = get_method(config.method)
+        if encoder is None and config.space == "input" and config.guide == "imagebind":
+            encoder = _input_space_encoder(store, config, device)
+        return cls(
+            config=config,
+            method=method,
+            loss=method.loss.from_config(config) if method.kind == "synthesis" else None,
+            device=torch.device(device),
+            space_maps={m: None if v is None else v.to(device) for m, v in space_maps.items()},
+            encoder=encoder,
+            store=store,
+        )
+
+
+@dataclass
+class ClassJob:
+    """One class's condensation: its real rows and its own random stream (`class_generator`)."""
+
+    class_id: int
+    real: dict[str, torch.Tensor]
+    """The class's store embeddings `{m: [n, D]}` (selection, initialisation)."""
+    target: dict[str, torch.Tensor]
+    """What the synthetic rows are matched against each step: `real`, or real inputs (--guide convnet)."""
+    rows: torch.Tensor | None
+    """The class's manifest rows (model inputs for --space input); None in embedding space."""
+    dpc: int
+    generator: torch.Generator
+    bank: losses.FrequencyBank | None = None
+    state_file: Path | None = None
+    """Where a long class checkpoints (--checkpoint-every) and resumes from; None: never."""
+
+
+def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict[str, torch.Tensor], list]:
+    """The synthetic (or selected) tensors of one class and its loss history; `advance(n, loss=...)` is
+    told each step (a progress bar)."""
+    advance = advance or (lambda *args, **kwargs: None)
+    config = run.config
+    if run.method.kind == "selection":
+        chosen = run.method.select({m: v.cpu() for m, v in job.real.items()}, job.dpc, job.generator)
         advance(1, loss="-")
-        selected = {m: real[m][chosen] for m in config.modalities}
+        selected = {m: job.real[m][chosen] for m in config.modalities}
         if config.space == "input":
-            selected.update(_real_inputs(store, config, rows[chosen], _input_modalities(config)))
+            selected.update(_real_inputs(run.store, config, job.rows[chosen], _input_modalities(config)))
         return selected, []
 
-    params = _initial_params(real, rows, dpc, config, store, encoder, generator)
-    optimizer = _make_optimizer(list(params.values()), config)
-    state_file = work / f"state-{c:05d}.safetensors"
-    start, history = _load_class_state(state_file, params, optimizer, generator)
+    params, optimizer = start_synthesis(run, job)
+    start, history = _load_class_state(job.state_file, params, optimizer, job.generator)
     for iteration in range(start, config.iterations):
         began = time.perf_counter()
-        terms = _step(target, params, config, encoder, space_maps, bank, c, generator, optimizer)
+        terms = optimisation_step(run, job, params, optimizer)
         history.append(terms)
         seconds = {"seconds": time.perf_counter() - began}
-        tracking.log({f"class{c:03d}/{name}": value for name, value in {**terms, **seconds}.items()}, step=iteration)
+        tracking.log(
+            {f"class{job.class_id:03d}/{name}": value for name, value in {**terms, **seconds}.items()}, step=iteration
+        )
         advance(1, loss=f"{terms['total']:.4f}")
         done = iteration + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
-            _save_class_state(state_file, params, optimizer, generator, history)
-    return _synthetic_tensors(params, config, encoder), history
+        if (
+            job.state_file
+            and config.checkpoint_every
+            and done % config.checkpoint_every == 0
+            and done < config.iterations
+        ):
+            save_training_state(job.state_file, params, optimizer, {"class": job.generator}, {"history": history})
+    return _synthetic_tensors(params, config), history
 
 
-def _initial_params(real, rows, dpc, config, store, encoder, generator) -> dict[str, torch.Tensor]:
-    """Leaf tensors to optimise: embedding vectors `[dpc, D]`, or model inputs `[dpc, *input shape]`."""
+def start_synthesis(run: Condensation, job: ClassJob) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
+    """The class's initial synthetic rows (leaf tensors: embedding vectors `[dpc, D]`, or model inputs
+    `[dpc, *input shape]`) and their optimiser."""
+    config, real, dpc, generator = run.config, job.real, job.dpc, job.generator
     n = next(iter(real.values())).shape[0]
     if config.init == "herding":
         chosen = select("herding", {m: v.cpu() for m, v in real.items()}, dpc, generator)
@@ -299,7 +395,7 @@ def _initial_params(real, rows, dpc, config, store, encoder, generator) -> dict[
     params = {}
     input_modalities = _input_modalities(config)
     real_inputs = (
-        _real_inputs(store, config, rows[chosen], input_modalities)
+        _real_inputs(run.store, config, job.rows[chosen], input_modalities)
         if input_modalities and config.init != "noise"
         else {}
     )
@@ -314,7 +410,33 @@ def _initial_params(real, rows, dpc, config, store, encoder, generator) -> dict[
         else:
             value = real[m][chosen].cpu()
         params[m] = value.to(next(iter(real.values())).device).clone().requires_grad_(True)
-    return params
+    values = list(params.values())
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(values, lr=config.learning_rate())
+    else:
+        optimizer = torch.optim.SGD(values, lr=config.learning_rate(), momentum=0.5)
+    return params, optimizer
+
+
+def optimisation_step(run: Condensation, job: ClassJob, params, optimizer) -> dict[str, float]:
+    """One optimisation step of one class: a real batch, the synthetic rows' embeddings (or ConvNet
+    features), the method's loss, backward, the optimiser's step; returns the loss terms as floats."""
+    config = run.config
+    batch = _real_batch(job.target, config.real_batch, job.generator)
+    if config.guide == "convnet" and config.space == "input":
+        from ibdc_cli.encoders.convnet import random_guides
+
+        guides = random_guides(config.modalities, job.generator, next(iter(params.values())).device)
+        with torch.no_grad():
+            batch = {m: guides[m](batch[m]) for m in config.modalities}
+        syn = {m: guides[m](params[m]) for m in config.modalities}
+    else:
+        syn = _synthetic_embeddings(params, run)
+    terms = run.loss(batch, syn, generator=job.generator, bank=job.bank, class_id=job.class_id)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _input_modalities(config: CondenseConfig) -> list[str]:
@@ -324,58 +446,27 @@ def _input_modalities(config: CondenseConfig) -> list[str]:
     return [m for m in config.modalities if m != "text"]
 
 
-def _synthetic_embeddings(params, config, encoder, space_maps) -> dict[str, torch.Tensor]:
+def _synthetic_embeddings(params, run: Condensation) -> dict[str, torch.Tensor]:
     """Unit-norm embeddings of the current synthetic rows. Embedding-space rows are parametrised
     normalised (SPEC §3): terms linear in a row's norm would otherwise reward blowing it up."""
-    inputs = _input_modalities(config)
+    inputs = _input_modalities(run.config)
     embeddings = {}
-    for m in config.modalities:
+    for m in run.config.modalities:
         if m in inputs:
-            with autocast(params[m].device, config.precision):
-                raw = encoder.embed(m, params[m])
-            embeddings[m] = map_embeddings(raw.float(), space_maps[m])
+            with autocast(params[m].device, run.config.precision):
+                raw = run.encoder.embed(m, params[m])
+            embeddings[m] = map_embeddings(raw.float(), run.space_maps[m])
         else:
             embeddings[m] = torch.nn.functional.normalize(params[m], dim=-1)
     return embeddings
 
 
-def _synthetic_tensors(params, config, encoder) -> dict[str, torch.Tensor]:
+def _synthetic_tensors(params, config: CondenseConfig) -> dict[str, torch.Tensor]:
     inputs = _input_modalities(config)
     return {
         m: params[m].detach() if m in inputs else torch.nn.functional.normalize(params[m].detach(), dim=-1)
         for m in config.modalities
     }
-
-
-def _make_optimizer(params: list[torch.Tensor], config: CondenseConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate())
-    return torch.optim.SGD(params, lr=config.learning_rate(), momentum=0.5)
-
-
-def _step(real, params, config, encoder, space_maps, bank, class_id, generator, optimizer) -> dict[str, float]:
-    """One optimisation step of one class; returns the loss terms as floats."""
-    batch = _real_batch(real, config.real_batch, generator)
-    if config.guide == "convnet" and config.space == "input":
-        from ibdc_cli.encoders.convnet import random_guides
-
-        guides = random_guides(config.modalities, generator, next(iter(params.values())).device)
-        with torch.no_grad():
-            batch = {m: guides[m](batch[m]) for m in config.modalities}
-        syn = {m: guides[m](params[m]) for m in config.modalities}
-        real = batch
-    else:
-        syn = _synthetic_embeddings(params, config, encoder, space_maps)
-    if config.method == "dm":
-        terms = {"total": losses.dm_loss(batch, syn)}
-    elif config.method == "avdd":
-        terms = losses.avdd_loss(batch, syn, lambda_icm=config.lambda_cross, lambda_cgm=config.lambda_joint)
-    else:
-        terms = _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator)
-    optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    optimizer.step()
-    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _real_batch(real: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -387,74 +478,12 @@ def _real_batch(real: dict[str, torch.Tensor], size: int, generator: torch.Gener
     return {m: v[index] for m, v in real.items()}
 
 
-def _imagebinddc_terms(real, batch, syn, config, bank, class_id, generator) -> dict[str, torch.Tensor]:
-    device = next(iter(syn.values())).device
-    needs_joint_cf = config.joint_form == "cf" and config.lambda_joint and len(config.modalities) > 1
-    cf_options = dict(alpha=config.alpha, beta=config.beta, reduction=config.cf_reduction)
-    real_cf = real_joint_cf = None
-    if bank is not None:
-        # A fixed bank of B frequency draws whose real-side CFs (over all the class's rows) are cached.
-        b = int(torch.randint(len(bank["freqs"]), (1,), generator=generator))
-        freqs = {m: bank["freqs"][b][m] for m in config.modalities}
-        freqs_joint = bank["joint"][b] if needs_joint_cf else None
-        real_cf = bank["real_cf"][class_id][b]
-        real_joint_cf = bank["real_joint_cf"][class_id][b] if needs_joint_cf else None
-    else:
-        freqs = {m: _draw(config, syn[m].shape[1], generator, device) for m in config.modalities}
-        total_dim = sum(syn[m].shape[1] for m in config.modalities)
-        freqs_joint = _draw(config, total_dim, generator, device) if needs_joint_cf else None
-    return losses.imagebinddc_loss(
-        batch,
-        syn,
-        freqs=freqs,
-        freqs_joint=freqs_joint,
-        lambda_uni=config.lambda_uni,
-        lambda_cross=config.lambda_cross,
-        lambda_joint=config.lambda_joint,
-        cross_form=config.cross_form,
-        joint_form=config.joint_form,
-        generator=generator,
-        real_cf=real_cf,
-        real_joint_cf=real_joint_cf,
-        **cf_options,
-    )
-
-
-def _draw(config: CondenseConfig, dim: int, generator: torch.Generator, device) -> torch.Tensor:
-    return losses.sample_frequencies(config.num_freqs, dim, config.sigma, generator=generator).to(device)
-
-
-def _frequency_bank(data, per_class, classes: list[int], config: CondenseConfig, device) -> dict[str, Any]:
-    """B fixed frequency draws (seeded by --seed alone) and the real-side CFs of `classes` under each.
-
-    The CFs cover all of a class's rows and are computed once; with a bank, a step's cost no longer grows
-    with the number of real rows (the paired cross/joint terms use the bounded --real-batch)."""
-    generator = torch.Generator().manual_seed(config.seed)
-    dims = {m: data[m].shape[1] for m in config.modalities}
-    joint = config.joint_form == "cf" and len(config.modalities) > 1
-    total_dim = sum(dims.values())
-    freqs = [{m: _draw(config, dims[m], generator, device) for m in config.modalities} for _ in range(config.freq_bank)]
-    joint_freqs = [_draw(config, total_dim, generator, device) if joint else None for _ in range(config.freq_bank)]
-    real_cf, real_joint_cf = {}, {}
-    for c in classes:
-        real = {m: data[m][per_class[c]].to(device) for m in config.modalities}
-        real_cf[c] = [losses.modality_cfs(real, f) for f in freqs]
-        if joint:
-            concat = torch.cat([real[m] for m in config.modalities], dim=1)
-            real_joint_cf[c] = [losses.characteristic_function(concat, jf) for jf in joint_freqs]
-    return {"freqs": freqs, "joint": joint_freqs, "real_cf": real_cf, "real_joint_cf": real_joint_cf}
-
-
 # ----------------------------------------------------------------------------------------------------
 # checkpoints of one class: safetensors only (parameters, optimiser state, random stream, history)
 
 
-def _save_class_state(path: Path, params, optimizer, generator, history) -> None:
-    save_training_state(path, params, optimizer, {"class": generator}, {"history": history})
-
-
-def _load_class_state(path: Path, params, optimizer, generator) -> tuple[int, list]:
-    if not path.exists():
+def _load_class_state(path: Path | None, params, optimizer, generator) -> tuple[int, list]:
+    if path is None or not path.exists():
         return 0, []
     metadata = load_training_state(path, params, optimizer, {"class": generator}, what="condensation checkpoint")
     return len(metadata["history"]), metadata["history"]
@@ -521,18 +550,18 @@ def _training_manifest(path: str, mtime_ns: int, modalities: tuple[str, ...], sh
 # the output file
 
 
-def _write_synthetic_set(
-    out, work, classes, store, config, encoder, space_maps, started, *, class_names, pseudo
-) -> CondenseResult:
+def _write_synthetic_set(out, work, classes, run: Condensation, started, *, class_names, pseudo) -> CondenseResult:
+    """Merge the classes' part files into the synthetic set `out`, every setting in its metadata."""
+    config, store, encoder = run.config, run.store, run.encoder
     parts = [read_tensors(work / f"class-{c:05d}.safetensors", "partial condensation") for c in classes]
     tensors = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
-    for m, space_map in space_maps.items():
+    for m, space_map in run.space_maps.items():
         if space_map is not None:
             tensors.update(space_map.tensors(m))
     histories = [json.loads(p[1].get("history", "[]")) for p in parts]
     history = _sum_histories(histories)
     seconds = time.time() - started
-    kind = "selection" if config.method in SELECTION_METHODS else "synthetic"
+    kind = "selection" if run.method.kind == "selection" else "synthetic"
     tensor_spaces = {m: ("input" if m in _input_modalities(config) else "embedding") for m in config.modalities}
     metadata = {
         "kind": kind,
@@ -589,17 +618,3 @@ def reproduce_command(store_path: Path, config: CondenseConfig, out: Path | None
     runs = tuple(f.name for f in dataclasses.fields(config) if f.metadata["kind"] == "run")
     line = command_line(replace(config, store=str(store_path)), defaults, skip=runs)
     return line if out is None else f"{line} --out {out}"
-
-
-def run_condense(config: CondenseConfig) -> CondenseResult:
-    """`condense` with every option, the store and the output from one `CondenseConfig` (the CLI's call)."""
-    return condense(
-        config.store,
-        config.out,
-        config,
-        device=config.device,
-        resume=config.resume,
-        overwrite=config.overwrite,
-        log_with=config.log_with,
-        log_dir=config.log_dir,
-    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -429,6 +430,222 @@ def imagebinddc_loss(
         joint = joint_modal_cf(real, syn, freqs_joint, real_joint_cf=real_joint_cf, **cf_settings)
     total = lambda_uni * uni + lambda_cross * cross + lambda_joint * joint
     return {"uni": uni, "cross": cross, "joint": joint, "total": total}
+
+
+# --------------------------------------------------------------------------------------------------
+# Frequencies: fresh per step, or a fixed bank whose real-side CFs are cached
+
+
+@dataclass(frozen=True)
+class FrequencyDraw:
+    """The frequencies of one step, and the real side's CFs at them when they come from a bank.
+
+    ``freqs``: ``modality -> [K, D_m]``; ``joint``: ``[K, sum D_m]`` or None (no joint CF term);
+    ``real_cf`` / ``real_joint_cf``: the class's real CFs at ``freqs`` / ``joint`` (None: compute them).
+    """
+
+    freqs: dict[str, Tensor]
+    joint: Tensor | None
+    real_cf: dict[str, CF] | None = None
+    real_joint_cf: CF | None = None
+
+
+@dataclass
+class FrequencyBank:
+    """B fixed frequency draws shared by every class, and each class's real-side CFs under each draw.
+
+    The real rows of a class never change, so their CFs at fixed frequencies are computed once (over all
+    of the class's rows) instead of once per step: a step's cost no longer grows with the class size.
+    Build it with ``FrequencyBank.draw``, add the classes a process condenses with ``add_class``, and
+    take one draw per step with ``sample``.
+    """
+
+    freqs: list[dict[str, Tensor]]
+    """B draws of ``modality -> [K, D_m]``."""
+    joint: list[Tensor | None]
+    """B joint draws ``[K, sum D_m]`` (None without a joint CF term)."""
+    real_cf: dict[int, list[dict[str, CF]]] = field(default_factory=dict)
+    """``class id -> B x (modality -> CF)``."""
+    real_joint_cf: dict[int, list[CF]] = field(default_factory=dict)
+    """``class id -> B x CF`` of the concatenated modalities."""
+
+    @classmethod
+    def draw(
+        cls,
+        size: int,
+        dims: Mapping[str, int],
+        num_freqs: int,
+        sigma: float,
+        *,
+        joint: bool,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ) -> FrequencyBank:
+        """``size`` draws of ``num_freqs`` frequencies per modality (``dims``: ``modality -> D_m``), in
+        the order of ``dims``; with ``joint``, then ``size`` draws over the concatenation."""
+        freqs = [
+            {m: sample_frequencies(num_freqs, d, sigma, generator=generator).to(device) for m, d in dims.items()}
+            for _ in range(size)
+        ]
+        total = sum(dims.values())
+        joint_freqs = [
+            sample_frequencies(num_freqs, total, sigma, generator=generator).to(device) if joint else None
+            for _ in range(size)
+        ]
+        return cls(freqs=freqs, joint=joint_freqs)
+
+    def __len__(self) -> int:
+        return len(self.freqs)
+
+    def add_class(self, class_id: int, real: Mapping[str, Tensor]) -> None:
+        """Cache the real CFs of class ``class_id`` (``real``: ``modality -> [N, D_m]``, all its rows)."""
+        self.real_cf[class_id] = [modality_cfs(real, f) for f in self.freqs]
+        if self.joint and self.joint[0] is not None:
+            concat = torch.cat([real[m] for m in self.freqs[0]], dim=1)
+            self.real_joint_cf[class_id] = [characteristic_function(concat, jf) for jf in self.joint]
+
+    def sample(self, class_id: int, generator: torch.Generator, *, joint: bool) -> FrequencyDraw:
+        """One of the B draws (uniformly, with ``generator``) with class ``class_id``'s cached real CFs."""
+        b = int(torch.randint(len(self.freqs), (1,), generator=generator))
+        return FrequencyDraw(
+            freqs=self.freqs[b],
+            joint=self.joint[b] if joint else None,
+            real_cf=self.real_cf[class_id][b],
+            real_joint_cf=self.real_joint_cf[class_id][b] if joint else None,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The losses as configured objects: configure once (``from_config``), call with one class's tensors
+
+
+@dataclass(frozen=True)
+class ImageBindDCLoss:
+    """ImageBindDC's tri-level objective (``imagebinddc_loss``), configured once.
+
+    ``loss(real, syn, generator=g)`` draws fresh frequencies with ``g`` (``num_freqs`` per modality,
+    scale ``sigma``) and returns ``{"uni", "cross", "joint", "total"}``; with ``bank=`` and ``class_id=``
+    it takes one of the bank's fixed draws and the class's cached real CFs instead.
+
+    Example::
+
+        loss = ImageBindDCLoss(num_freqs=256, sigma=1.0)
+        terms = loss({"image": r_i, "audio": r_a}, {"image": s_i, "audio": s_a}, generator=g)
+        terms["total"].backward()
+    """
+
+    num_freqs: int
+    sigma: float
+    lambda_uni: float = DEFAULT_LAMBDA
+    lambda_cross: float = DEFAULT_LAMBDA
+    lambda_joint: float = DEFAULT_LAMBDA
+    cross_form: CrossForm = DEFAULT_CROSS_FORM
+    joint_form: JointForm = DEFAULT_JOINT_FORM
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+    reduction: Reduction = DEFAULT_REDUCTION
+
+    @classmethod
+    def from_config(cls, config) -> ImageBindDCLoss:
+        """From a ``CondenseConfig`` (its --num-freqs, --sigma, --lambda-*, --cross/joint-form, --alpha,
+        --beta, --cf-reduction)."""
+        return cls(
+            num_freqs=config.num_freqs,
+            sigma=config.sigma,
+            lambda_uni=config.lambda_uni,
+            lambda_cross=config.lambda_cross,
+            lambda_joint=config.lambda_joint,
+            cross_form=config.cross_form,
+            joint_form=config.joint_form,
+            alpha=config.alpha,
+            beta=config.beta,
+            reduction=config.cf_reduction,
+        )
+
+    def has_joint_cf(self, modalities: int) -> bool:
+        """Whether the joint term is a CF over the concatenation (it then needs joint frequencies)."""
+        return self.joint_form == "cf" and bool(self.lambda_joint) and modalities > 1
+
+    def frequencies(
+        self,
+        syn: Mapping[str, Tensor],
+        generator: torch.Generator | None,
+        bank: FrequencyBank | None = None,
+        class_id: int | None = None,
+    ) -> FrequencyDraw:
+        """This step's frequencies: a draw of ``bank`` (for ``class_id``), else fresh ones, drawn per
+        modality in the order of ``syn`` and then over the concatenation (when the joint term needs it)."""
+        joint = self.has_joint_cf(len(syn))
+        if bank is not None:
+            return bank.sample(class_id, generator, joint=joint)
+        device = next(iter(syn.values())).device
+        freqs = {
+            m: sample_frequencies(self.num_freqs, x.shape[1], self.sigma, generator=generator).to(device)
+            for m, x in syn.items()
+        }
+        total = sum(x.shape[1] for x in syn.values())
+        joint_freqs = (
+            sample_frequencies(self.num_freqs, total, self.sigma, generator=generator).to(device) if joint else None
+        )
+        return FrequencyDraw(freqs=freqs, joint=joint_freqs)
+
+    def __call__(
+        self,
+        real: Mapping[str, Tensor],
+        syn: Mapping[str, Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        bank: FrequencyBank | None = None,
+        class_id: int | None = None,
+    ) -> dict[str, Tensor]:
+        draw = self.frequencies(syn, generator, bank, class_id)
+        return imagebinddc_loss(
+            real,
+            syn,
+            freqs=draw.freqs,
+            freqs_joint=draw.joint,
+            lambda_uni=self.lambda_uni,
+            lambda_cross=self.lambda_cross,
+            lambda_joint=self.lambda_joint,
+            cross_form=self.cross_form,
+            joint_form=self.joint_form,
+            alpha=self.alpha,
+            beta=self.beta,
+            reduction=self.reduction,
+            generator=generator,
+            real_cf=draw.real_cf,
+            real_joint_cf=draw.real_joint_cf,
+        )
+
+
+@dataclass(frozen=True)
+class DMLoss:
+    """Distribution matching (``dm_loss``) as a configured loss: ``{"total"}``. It draws nothing, so
+    ``generator``, ``bank`` and ``class_id`` are accepted (one call shape for every method) and unused."""
+
+    @classmethod
+    def from_config(cls, config) -> DMLoss:
+        return cls()
+
+    def __call__(self, real, syn, *, generator=None, bank=None, class_id=None) -> dict[str, Tensor]:
+        return {"total": dm_loss(real, syn)}
+
+
+@dataclass(frozen=True)
+class AVDDLoss:
+    """AVDD (``avdd_loss``) configured once: ``{"dm", "icm", "cgm", "total"}``. ``ibdc condense`` weighs
+    its implicit cross matching with --lambda-cross and its cross-modal gap matching with --lambda-joint.
+    Like DM it draws nothing."""
+
+    lambda_icm: float = 1.0
+    lambda_cgm: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> AVDDLoss:
+        return cls(lambda_icm=config.lambda_cross, lambda_cgm=config.lambda_joint)
+
+    def __call__(self, real, syn, *, generator=None, bank=None, class_id=None) -> dict[str, Tensor]:
+        return avdd_loss(real, syn, lambda_icm=self.lambda_icm, lambda_cgm=self.lambda_cgm)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 COMMANDS = {
     "embed": ("embed", ("embed.py", "embed_manifest"), "EmbedConfig"),
     "condense": ("condense", ("condense.py", "condense"), "CondenseConfig"),
-    "bind": ("bind", ("bind.py", "run_bind"), "BindConfig"),
+    "bind": ("bind", ("bind.py", "bind_encoder"), "BindConfig"),
     "evaluate": ("evaluate", ("evaluation/runner.py", "evaluate"), "EvaluateConfig"),
 }
 # where the evaluate runner lived before it became a package
@@ -104,7 +104,7 @@ def default_places(root: Path) -> dict[str, dict[str, int]]:
         cli_defaults = defaulted_parameters(cli_function) if cli_function is not None else set()
         entry_defaults = defaulted_parameters(entry_function) if entry_function is not None else set()
         options = set(config_fields) | cli_defaults | entry_defaults
-        options -= {"ctx", "as_json"}
+        options -= {"ctx", "as_json", "config"}  # the config itself is not an option
         result[command] = {
             name: int(config_fields.get(name, False)) + int(name in cli_defaults) + int(name in entry_defaults)
             for name in sorted(options)

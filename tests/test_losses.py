@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from ibdc_cli import losses
 from ibdc_cli.losses import (
     avdd_loss,
     cfd,
@@ -496,3 +497,58 @@ def test_joint_paper_dot_form_is_nearly_constant_in_high_dimension():
     matched, unmatched = joint_modal_paper(cluster, cluster).item(), joint_modal_paper(cluster, syn).item()
     assert unmatched == pytest.approx(1.0, abs=1e-3)  # 1 - dot; the dot may have either sign
     assert 0.99 < matched < unmatched < matched + 0.01
+
+
+# --------------------------------------------------------------------------------------------------
+# the configured losses and the frequency bank
+
+
+def _class_sets(seed: int, n: int = 12, dim: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1) for m in ("image", "audio")}
+
+
+def test_configured_imagebinddc_loss_is_the_functional_loss_at_the_config():
+    from ibdc_cli.config import CondenseConfig
+
+    config = CondenseConfig(num_freqs=32, sigma=0.7, lambda_cross=0.5, cross_form="hybrid", cf_reduction="ncfm")
+    loss = losses.ImageBindDCLoss.from_config(config)
+    real, syn = _class_sets(0), _class_sets(1, n=4)
+    terms = loss(real, syn, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, in the documented order: per modality, then joint
+    freqs = {m: losses.sample_frequencies(32, 16, 0.7, generator=g) for m in syn}
+    joint = losses.sample_frequencies(32, 32, 0.7, generator=g)
+    expected = losses.imagebinddc_loss(
+        real, syn, freqs=freqs, freqs_joint=joint, lambda_cross=0.5, cross_form="hybrid", reduction="ncfm", generator=g
+    )
+    assert terms.keys() == expected.keys()
+    assert all(torch.equal(terms[k], expected[k]) for k in terms)
+
+
+def test_frequency_bank_caches_the_real_cfs_that_the_loss_would_compute():
+    real, syn = _class_sets(2), _class_sets(3, n=4)
+    bank = losses.FrequencyBank.draw(
+        3, {"image": 16, "audio": 16}, 24, 1.0, joint=True, generator=torch.Generator().manual_seed(0)
+    )
+    bank.add_class(7, real)
+    assert len(bank) == 3
+    draw = bank.sample(7, torch.Generator().manual_seed(1), joint=True)
+    b = next(i for i, f in enumerate(bank.freqs) if f is draw.freqs)
+    computed = losses.modality_cfs(real, bank.freqs[b])["audio"]
+    assert all(torch.allclose(x, y) for x, y in zip(draw.real_cf["audio"], computed, strict=True))
+    loss = losses.ImageBindDCLoss(num_freqs=24, sigma=1.0)
+    cached = loss(real, syn, generator=torch.Generator().manual_seed(1), bank=bank, class_id=7)
+    fresh = losses.imagebinddc_loss(real, syn, freqs=bank.freqs[b], freqs_joint=bank.joint[b])
+    assert all(torch.allclose(cached[k], fresh[k], atol=1e-6) for k in cached)
+    assert cached["joint"] > 0
+
+
+def test_configured_baselines_are_their_functions():
+    from ibdc_cli.config import CondenseConfig
+
+    real, syn = _class_sets(4), _class_sets(5, n=3)
+    assert torch.equal(losses.DMLoss.from_config(CondenseConfig())(real, syn)["total"], losses.dm_loss(real, syn))
+    avdd = losses.AVDDLoss.from_config(CondenseConfig(lambda_cross=0.25, lambda_joint=2.0))
+    assert (avdd.lambda_icm, avdd.lambda_cgm) == (0.25, 2.0)
+    expected = losses.avdd_loss(real, syn, lambda_icm=0.25, lambda_cgm=2.0)
+    assert all(torch.equal(v, expected[k]) for k, v in avdd(real, syn).items())

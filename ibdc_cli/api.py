@@ -31,6 +31,7 @@ from ibdc_cli.condense import CondenseResult, run_condense
 from ibdc_cli.config import CondenseConfig, EvaluateConfig
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.evaluation import ConvnetSchedule, HeadSchedule, RetrievalSchedule, run_evaluate
+from ibdc_cli.runtime import distributed_env
 from ibdc_cli.store import Store, open_store, save_synthetic_set, write_store
 from ibdc_cli.synthetic_set import SyntheticSet
 from ibdc_cli.version import __version__
@@ -87,7 +88,8 @@ def condense_embeddings(
     `CondenseConfig.from_preset`); with `config`, they replace its fields (`dataclasses.replace`). The
     config's `store` and `out` are ignored: the tensors are written to a temporary store, which is
     deleted on return. Only the embedding space can be condensed here (`space="embedding"`): model inputs
-    need a store of media made by `ibdc embed`.
+    need a store of media made by `ibdc embed`. It runs in one process (for torchrun or accelerate launch,
+    write a store with `write_store` and run `ibdc condense` on it).
 
     `encoder`: the record of what made the vectors, kept in the store and the set (default
     `{"preset": "external", "weights": "external"}`); sets and test stores are evaluated together only
@@ -115,7 +117,7 @@ def condense_embeddings(
     embeddings = _checked_embeddings(embeddings, where)
     rows = next(iter(embeddings.values())).shape[0]
     ids, names = _checked_labels(labels, rows, class_names, where)
-    config = _condense_config(config, embeddings, options, where)
+    config = _condense_config(config, embeddings, options, where, keeps_file=out is not None)
     if encoder is not None and not (isinstance(encoder, dict) and {"preset", "weights"} <= set(encoder)):
         raise IbdcError(f"{where}: encoder must be a dict with 'preset' and 'weights' (a Store.encoder): {encoder!r}")
     with tempfile.TemporaryDirectory(prefix="ibdc-condense-") as tmp:
@@ -131,7 +133,12 @@ def condense_embeddings(
 
 
 def _condense_config(
-    config: CondenseConfig | None, embeddings: dict[str, torch.Tensor], options: dict[str, Any], where: str
+    config: CondenseConfig | None,
+    embeddings: dict[str, torch.Tensor],
+    options: dict[str, Any],
+    where: str,
+    *,
+    keeps_file: bool,
 ) -> CondenseConfig:
     """The config to run: `config` (or the defaults, or a preset) with `options` on top, checked."""
     if "store" in options:
@@ -161,6 +168,13 @@ def _condense_config(
         raise IbdcError(
             f"{where}: unknown modality {missing[0]!r}: the embeddings have {', '.join(map(repr, embeddings))}"
         )
+    if distributed_env():
+        raise IbdcError(
+            f"{where} runs in one process: under torchrun or accelerate launch, write the tensors with write_store "
+            "and run `ibdc condense` (or run_condense) on that store"
+        )
+    if config.log_with and config.log_dir is None and not keeps_file:
+        raise IbdcError(f"{where}: log_with needs a log_dir (the temporary folder beside the set is deleted)")
     if config.space != "embedding":
         raise IbdcError(
             f"{where} condenses embeddings (space='embedding'), not space={config.space!r}: model inputs need a "

@@ -147,6 +147,7 @@ def _bad_condense_inputs():
     yield "space", (embeddings, labels), {"space": "input"}, "condenses embeddings (space='embedding')"
     yield "choice", (embeddings, labels), {"method": "magic"}, "--method 'magic' is not one of"
     yield "store", (embeddings, labels), {"store": "stores/train"}, "the embeddings are the store"
+    yield "logs", (embeddings, labels), {"log_with": ["csv"]}, "log_with needs a log_dir"
     yield "reserved", ({"labels": embeddings["audio"]}, labels), {}, "'labels' cannot name a modality"
     yield "shape", ({"audio": embeddings["audio"][0]}, labels), {}, "has shape (8,); each modality is one [N, D]"
 
@@ -158,6 +159,14 @@ def test_bad_input_is_one_error_before_any_work(case, monkeypatch):
     monkeypatch.setattr(api, "run_condense", _never)
     with pytest.raises(IbdcError, match=re.escape(phrase)):
         api.condense_embeddings(*args, **options)
+
+
+def test_one_process_only(monkeypatch):
+    """Under torchrun each process would condense its own temporary store: refused, naming the way that works."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(api, "write_store", _never)
+    with pytest.raises(IbdcError, match="runs in one process"):
+        api.condense_embeddings(*tensors())
 
 
 def test_bad_evaluate_input(monkeypatch):

@@ -263,7 +263,7 @@ def environment() -> dict[str, object]:
     import platform
     from importlib import metadata
 
-    from ibdc_cli import __version__
+    from ibdc_cli.version import __version__
 
     def version(package: str) -> str:
         try:

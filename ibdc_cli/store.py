@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ibdc_cli import __version__
 from ibdc_cli.errors import IbdcError
+from ibdc_cli.version import __version__
 
 STORE_FORMAT = "ibdc-store"
 STORE_VERSION = 1

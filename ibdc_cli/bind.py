@@ -125,28 +125,13 @@ def run_bind(config: BindConfig) -> BindResult:
     started = time.time()
     out = Path(config.out)
     anchor = ALIASES.get(config.anchor.strip().lower(), config.anchor.strip().lower())
-    modalities = config.modalities
-    settings = {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "warmup_epochs": config.warmup_epochs,
-        "temperature": config.temperature,
-        "label_positives": config.label_positives,
-        "targets": config.targets,
-        "anchor_map": config.anchor_map,
-        "augment": config.augment,
-        "ema": config.ema,
-        "val_fraction": 0.0 if config.val_manifest is not None else config.val_fraction,
-        "seed": config.seed,
-    }
+    settings = _settings(config)
 
     # 1. check
-    _check_request(modalities, anchor, out, config.overwrite, settings)
-    bound = [m for m in modalities if m != anchor]
+    _check_request(config.modalities, anchor, out, config.overwrite, settings)
+    bound = [m for m in config.modalities if m != anchor]
     state = process_state(config.device)
-    split = _check_manifests(config.manifest, config.val_manifest, modalities, anchor, settings)
+    split = _check_manifests(config.manifest, config.val_manifest, config.modalities, anchor, settings)
 
     # 2. decode: the starting encoder, on the main process only, then every row once
     encoder = load_encoder(config.model, checkpoint=config.checkpoint, random_init=config.random_init, seed=config.seed)
@@ -154,28 +139,17 @@ def run_bind(config: BindConfig) -> BindResult:
         log(f"bind trains on the main process only; the other {state.num_processes - 1} process(es) exit", state)
         if not state.is_main_process:
             return BindResult(out=out, encoder=None)
-    torch_device = resolve_device(state, config.device)
-    encoder.to(torch_device)
-    announce(
-        "bind",
-        state,
-        device=torch_device,
-        encoder=encoder_words(encoder.describe()),
-        precision="fp32",
-        bound=f"{','.join(bound)} to {anchor}",
-        out=out,
-    )
+    device = resolve_device(state, config.device)
+    encoder.to(device)
+    what = {
+        "encoder": encoder_words(encoder.describe()),
+        "precision": "fp32",
+        "bound": f"{','.join(bound)} to {anchor}",
+    }
+    announce("bind", state, device=device, **what, out=out)
 
     with contextlib.ExitStack() as stack:
-        job = {
-            "preset": config.model,
-            "start": encoder.describe()["weights"],
-            "modalities": modalities,
-            "anchor": anchor,
-            "manifest_sha256": split.manifest.sha256,
-            "val_manifest_sha256": None if config.val_manifest is None else split.held_out.sha256,
-            **settings,
-        }
+        job = _job_record(config, anchor, encoder, split, settings)
         work = partial_dir(out)
         # state None: a world of one (the other processes have returned). A second bind to this --out
         # exits 2 here, touching nothing.
@@ -183,108 +157,53 @@ def run_bind(config: BindConfig) -> BindResult:
         resuming = config.resume and (work / "state.safetensors").exists()
         if config.resume and not resuming:
             log(f"--resume: no finished epoch in {work}; starting from the beginning")
-
-        error = None
-        try:
-            data = load_rows(
-                encoder, split.manifest, modalities, anchor, split.has, config.batch_size, config.workers, torch_device
-            )
-            val_data = data
-            if config.val_manifest is not None:
-                val_data = load_rows(
-                    encoder,
-                    split.held_out,
-                    modalities,
-                    anchor,
-                    split.held_out_has,
-                    config.batch_size,
-                    config.workers,
-                    torch_device,
-                )
-        except IbdcError as exc:
-            error = exc
-        # bad media leaves nothing behind, but an earlier run's finished epoch is kept for --resume
-        raise_job_error(None, work, error, keep=(work / "state.safetensors").exists())
+        data, val_data = _decode(encoder, split, config, anchor, device, work)
         if resuming:
             log(f"resuming the unfinished bind in {work}")
-        anchor_space, anchor_embeddings, anisotropy, how = _map_anchor(
-            encoder, anchor, data["anchor_raw"], split.train_rows, config.anchor_map
-        )
-        val_anchor = (
-            anchor_embeddings if config.val_manifest is None else map_embeddings(val_data["anchor_raw"], anchor_space)
-        )
-        class_targets = None
-        if config.targets == "class-means":
-            train = split.train_rows
-            class_targets = class_means(anchor_embeddings[train], split.labels[train], len(split.manifest.class_names))
-
-        def evaluate() -> dict[str, dict[str, float]]:
-            return {
-                m: held_out_metrics(
-                    encoder, m, val_data, val_anchor, split.held_out_labels, split.val_rows, config.batch_size
-                )
-                for m in bound
-            }
+        training = _training(config, encoder, anchor, bound, split, data, val_data, work, resuming, started)
 
         # 3. train
         logs = Path(config.log_dir) if config.log_dir is not None else out.parent / f"{out.stem}-logs"
         with tracking.run(list(config.log_with), out.stem, logs, {**job, "workers": config.workers}):
-            trained = train_towers(
-                encoder,
-                bound,
-                data,
-                anchor_embeddings,
-                split.labels if config.label_positives or class_targets is not None else None,
-                class_targets,
-                split.train_rows,
-                settings,
-                work,
-                resuming,
-                evaluate,
-                torch_device,
-                started,
-            )
+            trained = train_towers(training)
 
         # 4. measure
-        after = evaluate()
+        after = training.evaluate()
         encoder.model.eval()
 
         # 5. write
-        metadata = {
-            "format": BOUND_FORMAT,
-            "format_version": BOUND_VERSION,
-            "ibdc_version": __version__,
-            "preset": config.model,
-            "modalities": modalities,
-            "anchor": anchor,
-            "bound": bound,
-            "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
-            "anchor_map": how,
-            "centers": sorted(encoder.centers),
-            "whiteners": sorted(encoder.whiteners),
-            "anchor_mean_cosine": anisotropy,
-            "start": {"weights": job["start"], "seed": config.seed if job["start"] == "random-init" else None},
-            "settings": {**settings, "workers": config.workers, "device": str(torch_device)},
-            "config": {
-                **config.recorded(),
-                "manifest": str(Path(config.manifest).resolve()),
-                "val_manifest": None if config.val_manifest is None else str(Path(config.val_manifest).resolve()),
-            },
-            "rows": {"train": len(split.train_rows), "held_out": len(split.val_rows)},
-            "manifest": _manifest_record(split.manifest),
-            "val_manifest": None if config.val_manifest is None else _manifest_record(split.held_out),
-            "class_names": split.manifest.class_names,
-            "preprocessing": {m: PREPROCESSING[m] for m in modalities},
-            "metrics": {"before": trained["before"], "after": after},
-            "loss_history": trained["history"],
-            "held_out_history": trained["val_history"],
-            "wall_time_s": round(trained["earlier_seconds"] + time.time() - started, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        metadata = _metadata(config, anchor, bound, encoder, split, training, trained, after, job, started)
         write_checkpoint(out, encoder, metadata)
         shutil.rmtree(work, ignore_errors=True)
         encoder.checkpoint = file_sha256(out)
         return BindResult(out=out, encoder=encoder, metadata=metadata)
+
+
+def _settings(config: BindConfig) -> dict[str, Any]:
+    """The settings that make the trained towers what they are (the job's identity, for --resume)."""
+    names = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "temperature", "label_positives")
+    settings = {name: getattr(config, name) for name in names}
+    settings.update(
+        targets=config.targets,
+        anchor_map=config.anchor_map,
+        augment=config.augment,
+        ema=config.ema,
+        val_fraction=0.0 if config.val_manifest is not None else config.val_fraction,
+        seed=config.seed,
+    )
+    return settings
+
+
+def _job_record(config: BindConfig, anchor: str, encoder: Encoder, split: _Split, settings: dict) -> dict:
+    return {
+        "preset": config.model,
+        "start": encoder.describe()["weights"],
+        "modalities": config.modalities,
+        "anchor": anchor,
+        "manifest_sha256": split.manifest.sha256,
+        "val_manifest_sha256": None if config.val_manifest is None else split.held_out.sha256,
+        **settings,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,50 +335,127 @@ def _map_anchor(
     return anchor_space, anchor_embeddings, anisotropy, how
 
 
+def _decode(encoder: Encoder, split: _Split, config: BindConfig, anchor: str, device, work: Path):
+    """Every row of the manifest (and of --val-manifest) decoded once (`data.pairs.load_rows`): `(data,
+    val_data)`. Bad media leaves nothing behind, but an earlier run's finished epoch is kept for --resume."""
+    error = data = val_data = None
+    try:
+        common = (config.modalities, anchor)
+        data = load_rows(encoder, split.manifest, *common, split.has, config.batch_size, config.workers, device)
+        val_data = data
+        if config.val_manifest is not None:
+            val_data = load_rows(
+                encoder, split.held_out, *common, split.held_out_has, config.batch_size, config.workers, device
+            )
+    except IbdcError as exc:
+        error = exc
+    raise_job_error(None, work, error, keep=(work / "state.safetensors").exists())
+    return data, val_data
+
+
+@dataclass
+class BindTraining:
+    """One bind's training, built once (`_training`): what `train_towers` trains and how it is measured."""
+
+    config: BindConfig
+    encoder: Encoder
+    bound: list[str]
+    """The modalities whose towers train."""
+    data: dict[str, Any]
+    """The decoded training manifest (`data.pairs.load_rows`)."""
+    anchor_embeddings: torch.Tensor
+    """`[N, D]` the anchor's mapped outputs, the fixed targets of InfoNCE."""
+    labels: torch.Tensor | None
+    """`[N]` class ids for label positives or class-mean targets; None: row positives."""
+    class_targets: torch.Tensor | None
+    """`[C, D]` anchor class means (--targets class-means); None: rows."""
+    train_rows: list[int]
+    val_data: dict[str, Any]
+    val_anchor: torch.Tensor
+    val_labels: torch.Tensor
+    val_rows: list[int]
+    anchor_mean_cosine: dict[str, float]
+    anchor_map: str
+    """How the anchor's map was made (the --anchor-map, or kept from the starting checkpoint)."""
+    work: Path
+    resuming: bool
+    started: float
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Held-out retrieval metrics of every bound tower (`encoders.metrics.held_out_metrics`)."""
+        return {
+            m: held_out_metrics(
+                self.encoder, m, self.val_data, self.val_anchor, self.val_labels, self.val_rows, self.config.batch_size
+            )
+            for m in self.bound
+        }
+
+
+def _training(config, encoder, anchor, bound, split: _Split, data, val_data, work, resuming, started) -> BindTraining:
+    """The anchor's map and targets, and the rows that train and measure the towers."""
+    anchor_space, anchor_embeddings, anisotropy, how = _map_anchor(
+        encoder, anchor, data["anchor_raw"], split.train_rows, config.anchor_map
+    )
+    val_anchor = (
+        anchor_embeddings if config.val_manifest is None else map_embeddings(val_data["anchor_raw"], anchor_space)
+    )
+    class_targets = None
+    if config.targets == "class-means":
+        train = split.train_rows
+        class_targets = class_means(anchor_embeddings[train], split.labels[train], len(split.manifest.class_names))
+    return BindTraining(
+        config=config,
+        encoder=encoder,
+        bound=bound,
+        data=data,
+        anchor_embeddings=anchor_embeddings,
+        labels=split.labels if config.label_positives or class_targets is not None else None,
+        class_targets=class_targets,
+        train_rows=split.train_rows,
+        val_data=val_data,
+        val_anchor=val_anchor,
+        val_labels=split.held_out_labels,
+        val_rows=split.val_rows,
+        anchor_mean_cosine=anisotropy,
+        anchor_map=how,
+        work=work,
+        resuming=resuming,
+        started=started,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3. train: the loop
 
 
-def train_towers(
-    encoder: Encoder,
-    bound: list[str],
-    data: dict[str, Any],
-    anchor_embeddings: torch.Tensor,
-    labels: torch.Tensor | None,
-    class_targets: torch.Tensor | None,
-    train_rows: list[int],
-    settings: dict[str, Any],
-    work: Path,
-    resuming: bool,
-    evaluate,
-    device: torch.device,
-    started: float,
-) -> dict[str, Any]:
+def train_towers(training: BindTraining) -> dict[str, Any]:
     """The training loop; returns `before` (held-out metrics of the starting towers), the per-epoch mean
     loss `history` and `earlier_seconds`, the wall time of the interrupted runs this one resumes.
 
     Steps per epoch = training rows (with a bound cell) // batch size: each epoch is a fresh shuffle, and
     the incomplete last batch is dropped, as in CLIP training, so that every step has as many negatives.
     """
+    config, encoder, bound, data = training.config, training.encoder, training.bound, training.data
+    device, work, evaluate = encoder.device, training.work, training.evaluate
     model = encoder.model
     params = trainable_parameters(model, bound)
-    optimizer = make_optimizer(params, settings["lr"], settings["weight_decay"])
+    optimizer = make_optimizer(params, config.lr, config.weight_decay)
     has_any = torch.stack([data[f"slot.{m}"] >= 0 for m in bound]).any(0)
-    rows = torch.tensor([r for r in train_rows if has_any[r]], dtype=torch.int64)
-    batch_size = min(settings["batch_size"], len(rows))
+    rows = torch.tensor([r for r in training.train_rows if has_any[r]], dtype=torch.int64)
+    batch_size = min(config.batch_size, len(rows))
     steps_per_epoch = len(rows) // batch_size
-    total_steps = settings["epochs"] * steps_per_epoch
-    warmup = min(total_steps, round(settings["warmup_epochs"] * steps_per_epoch))
-    shuffle = torch.Generator().manual_seed(settings["seed"])
+    total_steps = config.epochs * steps_per_epoch
+    warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    shuffle = torch.Generator().manual_seed(config.seed)
 
     # Drop path and dropout (the huge preset's audio tower) draw from torch's global stream: seed it
     # for this run only, and keep it in the checkpoint so that a resumed run draws the same numbers.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(settings["seed"])
+        torch.manual_seed(config.seed)
         state_file = work / "state.safetensors"
-        average = {n: p.detach().clone() for n, p in params.items()} if settings["ema"] else None
+        average = {n: p.detach().clone() for n, p in params.items()} if config.ema else None
         generators = _random_streams(shuffle, device)
-        if resuming:
+        if training.resuming:
             saved = load_training_state(
                 state_file, params, optimizer, generators, averages=average, what="bind checkpoint"
             )
@@ -467,34 +463,34 @@ def train_towers(
             before, earlier = saved["before"], saved["seconds"]
         else:
             start, history, val_history, before, earlier = 0, [], [], evaluate(), 0.0
-        todo = (settings["epochs"] - start) * steps_per_epoch
+        todo = (config.epochs - start) * steps_per_epoch
         with progress_bar(f"bind {','.join(bound)}", todo, fields="loss {task.fields[loss]}") as advance:
-            for epoch in range(start, settings["epochs"]):
+            for epoch in range(start, config.epochs):
                 model.train()
                 order_rows = rows[torch.randperm(len(rows), generator=shuffle)]
                 losses = []
                 for k in range(steps_per_epoch):
                     step = epoch * steps_per_epoch + k
                     for group in optimizer.param_groups:
-                        group["lr"] = learning_rate(step, total_steps, warmup, settings["lr"])
+                        group["lr"] = learning_rate(step, total_steps, warmup, config.lr)
                     batch = order_rows[k * batch_size : (k + 1) * batch_size]
                     loss = bind_loss(
                         encoder,
                         bound,
                         data,
-                        anchor_embeddings,
-                        labels,
+                        training.anchor_embeddings,
+                        training.labels,
                         batch,
-                        settings["temperature"],
-                        settings["augment"],
-                        class_targets,
+                        config.temperature,
+                        config.augment,
+                        training.class_targets,
                     )
                     optimizer.zero_grad(set_to_none=True)
                     if loss.requires_grad:
                         loss.backward()
                         optimizer.step()
                         if average is not None:
-                            update_average(average, params, settings["ema"])
+                            update_average(average, params, config.ema)
                     losses.append(float(loss.detach()))
                     advance(1, loss=f"{losses[-1]:.4f}")
                     tracking.log({"loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]}, step=step)
@@ -509,8 +505,8 @@ def train_towers(
                     step=epoch + 1,
                 )
                 held_out = describe_metrics(val_history[-1])
-                log(f"epoch {epoch + 1}/{settings['epochs']}: mean loss {history[-1]:.4f}; {held_out}")
-                elapsed = earlier + time.time() - started
+                log(f"epoch {epoch + 1}/{config.epochs}: mean loss {history[-1]:.4f}; {held_out}")
+                elapsed = earlier + time.time() - training.started
                 records = {
                     "epoch": epoch + 1,
                     "history": history,
@@ -538,6 +534,41 @@ def _random_streams(shuffle: torch.Generator, device: torch.device) -> dict[str,
 
 # ----------------------------------------------------------------------------------------------------
 # 5. write: the output file
+
+
+def _metadata(config, anchor, bound, encoder, split: _Split, training: BindTraining, trained, after, job, started):
+    """The checkpoint's `ibdc` metadata: what was bound to what, how, on which rows, with what result."""
+    return {
+        "format": BOUND_FORMAT,
+        "format_version": BOUND_VERSION,
+        "ibdc_version": __version__,
+        "preset": config.model,
+        "modalities": config.modalities,
+        "anchor": anchor,
+        "bound": bound,
+        "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
+        "anchor_map": training.anchor_map,
+        "centers": sorted(encoder.centers),
+        "whiteners": sorted(encoder.whiteners),
+        "anchor_mean_cosine": training.anchor_mean_cosine,
+        "start": {"weights": job["start"], "seed": config.seed if job["start"] == "random-init" else None},
+        "settings": {**_settings(config), "workers": config.workers, "device": str(encoder.device)},
+        "config": {
+            **config.recorded(),
+            "manifest": str(Path(config.manifest).resolve()),
+            "val_manifest": None if config.val_manifest is None else str(Path(config.val_manifest).resolve()),
+        },
+        "rows": {"train": len(split.train_rows), "held_out": len(split.val_rows)},
+        "manifest": _manifest_record(split.manifest),
+        "val_manifest": None if config.val_manifest is None else _manifest_record(split.held_out),
+        "class_names": split.manifest.class_names,
+        "preprocessing": {m: PREPROCESSING[m] for m in config.modalities},
+        "metrics": {"before": trained["before"], "after": after},
+        "loss_history": trained["history"],
+        "held_out_history": trained["val_history"],
+        "wall_time_s": round(trained["earlier_seconds"] + time.time() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _manifest_record(manifest: Manifest) -> dict[str, Any]:

@@ -36,6 +36,10 @@ How it works:
   An output that an earlier block already wrote is removed first (each block is an example a reader
   may run again); an output written twice within one block is a doc bug and fails. A command followed
   by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
+- **Redirects.** `ibdc … > FILE` (a last `>` and a file name) writes the command's stdout to FILE in
+  the document's directory, and runs as written, like a command whose output the doc shows: the file is
+  the one a reader gets (`ibdc condense … --print-config > condense.toml`, then `--config condense.toml`).
+  A `--print-config` command writes no `--out`.
 - **Parse-only** (`parse_only_reason`): commands that cannot run here are still checked against the
   real parsers, so a renamed option fails the test: launchers (`torchrun`, `accelerate launch`, `srun`)
   with their own argparse parsers and the ibdc part with ibdc's click command (`make_context`: option
@@ -568,12 +572,13 @@ class Runner:
         found = classify(shlex.split(command.text))
         assert found is not None
         kind, words = found
+        words, redirect = stdout_redirect(words) if kind == "ibdc" else (words, None)
         reason = parse_only_reason(kind, words)
         assert not command.shown or (kind == "ibdc" and reason is None), (
             f"the doc shows output under a command that is only parsed here ({reason}); show it outside a console block"
         )
         if kind == "ibdc" and reason is None:
-            self.run_for_real(command, words, workspace)
+            self.run_for_real(command, words, workspace, redirect)
         elif kind == "ibdc":
             check_ibdc_parses(words)
         elif kind in ("torchrun", "accelerate"):
@@ -589,15 +594,23 @@ class Runner:
         elif kind == "benchmark":
             check_benchmark(words)
 
-    def run_for_real(self, command: Command, words: list[str], workspace: Workspace) -> None:
+    def run_for_real(
+        self, command: Command, words: list[str], workspace: Workspace, redirect: str | None = None
+    ) -> None:
         check_ibdc_parses(words)  # the doc's own settings, before they are made small
-        # A command whose output the doc shows runs as written, so the output is the one a reader gets.
-        argv = on_cpu(placeholders(words)) if command.shown else small(placeholders(words))
+        # A command whose output the doc shows (or writes to a file) runs as written, so the output is the
+        # one a reader gets.
+        as_written = command.shown or redirect is not None
+        argv = on_cpu(placeholders(words)) if as_written else small(placeholders(words))
         params = check_ibdc_parses(argv)
         self.provide(params, argv, workspace)
         outputs = [workspace.root / str(params[n]) for n in OUTPUT_PARAMS if params.get(n) is not None]
         if resolve(argv)[1] == "condense" and params.get("out") is None:
             outputs.append(workspace.root / "syn.safetensors")  # condense's default --out
+        if params.get("print_config"):
+            outputs = []  # it prints the options and writes nothing
+        if redirect is not None:
+            outputs.append(workspace.root / placeholders([redirect])[0])
         for out in outputs:
             block = workspace.written.get(out)
             assert block is None or block != command.block or "--resume" in argv or "--overwrite" in argv, (
@@ -612,10 +625,19 @@ class Runner:
         assert code == 0, f"`ibdc {' '.join(argv)}` exited {code}\nstdout: {out[-2000:]}\nstderr: {err[-4000:]}"
         if command.shown:
             check_shown(command.shown, out)
+        if redirect is not None:
+            (workspace.root / placeholders([redirect])[0]).write_text(out)
         for path in outputs:
             workspace.written[path] = command.block
             if command.interrupted:  # the doc shows this run interrupted: it leaves no output
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def stdout_redirect(words: list[str]) -> tuple[list[str], str | None]:
+    """`ibdc … > FILE`: (the command's words, FILE); (words, None) without a redirect."""
+    if len(words) >= 2 and words[-2] == ">":
+        return words[:-2], words[-1]
+    return words, None
 
 
 def runs_for_real(command: Command) -> bool:
@@ -781,3 +803,11 @@ def test_small_settings_cap_and_add_options(monkeypatch):
     ]  # fmt: skip
     monkeypatch.setenv("IBDC_DOCS_SMALL", "0")
     assert small(["bind", "m.csv", "--epochs", "30"]) == ["bind", "m.csv", "--epochs", "30"]
+
+
+def test_a_redirect_is_the_commands_stdout_written_to_a_file():
+    assert stdout_redirect(["condense", "s", "--print-config", ">", "c.toml"]) == (
+        ["condense", "s", "--print-config"],
+        "c.toml",
+    )
+    assert stdout_redirect(["condense", "s", "--dpc", "2"]) == (["condense", "s", "--dpc", "2"], None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import resource
 import shutil
@@ -60,7 +61,7 @@ from ibdc_cli.runtime import (
     resolve_device,
     start_output_job,
 )
-from ibdc_cli.space import fit_space_map, map_embeddings
+from ibdc_cli.space import fit_space_map_streaming, map_embeddings
 from ibdc_cli.store import (
     Store,
     atomic_save_tensors,
@@ -113,9 +114,10 @@ def run_condense(config: CondenseConfig) -> CondenseResult:
     device = resolve_device(state, config.device)
     store, out = open_store(config.store), Path(config.out)
     _check_request(store, out, config, state, device)
-    data, class_names, pseudo, space_maps = _real_classes(store, config)
-    per_class = _rows_per_class(data["labels"], len(class_names))
-    dpc_of = _check_dpc(per_class, class_names, config)
+    space_maps = {m: _fit_space_map(store, m, config.space_map) for m in config.modalities}
+    labels, class_names, pseudo, data = _classes(store, config, space_maps)
+    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    dpc_of = _check_dpc(counts, class_names, config)
     run = Condensation.build(config, device, space_maps, store=store)
 
     with contextlib.ExitStack() as stack:
@@ -123,11 +125,14 @@ def run_condense(config: CondenseConfig) -> CondenseResult:
         start_output_job(
             stack, state, out, work, {"store": store.fingerprint(), "config": config.settings()}, config.resume
         )
-        classes = [c for c in range(len(class_names)) if per_class[c].numel()]
+        classes = [c for c, n in enumerate(counts) if n]
         todo = _classes_to_do(classes, state, work, config.resume)
         error = None
         try:
-            bank = _frequency_bank(run, data, per_class, todo)
+            if data is None:  # this process's classes only, in the condensation space
+                data = store.load(config.modalities, classes=todo, transforms=_transforms(space_maps))
+            per_class = _rows_per_class(data["labels"], len(class_names))
+            bank = _frequency_bank(run, {m: data[m].shape[1] for m in config.modalities})
             logs = Path(config.log_dir) if config.log_dir is not None else out.parent / f"{out.stem}-logs"
             steps = len(todo) * (config.iterations if run.method.kind == "synthesis" else 1)
             with (
@@ -194,27 +199,34 @@ def _is_labeled(store: Store) -> bool:
     return store.index.get("labeled", bool(store.class_names))
 
 
-def _real_classes(store: Store, config: CondenseConfig):
-    """The store's embeddings in the condensation space (`--space-map` fitted on them), and its classes:
-    `(data, class_names, pseudo, space_maps)`; `pseudo` records how a store without labels was split."""
-    data = store.load(config.modalities)
-    space_maps = {m: fit_space_map(data[m], config.space_map) for m in config.modalities}
-    for m in config.modalities:
-        data[m] = map_embeddings(data[m], space_maps[m])
-    class_names, pseudo = store.class_names, {}
-    if not _is_labeled(store):  # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
-        from ibdc_cli.methods.clusters import pseudo_classes
+def _fit_space_map(store: Store, modality: str, kind: str):
+    """The --space-map of one modality, fitted on all of the store's rows, streamed shard by shard."""
+    return fit_space_map_streaming(lambda: (shard[modality] for shard in store.shards([modality])), kind)
 
-        data["labels"], class_names, pseudo = pseudo_classes(data, config.modalities, config.clusters, config.seed)
-    return data, class_names, pseudo, space_maps
+
+def _transforms(space_maps) -> dict[str, Any]:
+    return {m: functools.partial(map_embeddings, space_map=space_map) for m, space_map in space_maps.items()}
+
+
+def _classes(store: Store, config: CondenseConfig, space_maps):
+    """Every row's class id `[N]`, the class names, how a store without labels was split (`pseudo`), and
+    for such a store its rows in the condensation space (k-means needs them all; a labelled store's rows
+    are read later, each process its own classes' only): `(labels, class_names, pseudo, data or None)`."""
+    if _is_labeled(store):
+        return store.load([])["labels"], store.class_names, {}, None
+    # condensation is class-conditional: one pseudo-class, or k-means ones (--clusters)
+    from ibdc_cli.methods.clusters import pseudo_classes
+
+    data = store.load(config.modalities, transforms=_transforms(space_maps))
+    data["labels"], class_names, pseudo = pseudo_classes(data, config.modalities, config.clusters, config.seed)
+    return data["labels"], class_names, pseudo, data
 
 
 def _rows_per_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
     return [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
 
 
-def _check_dpc(per_class: list[torch.Tensor], class_names: list[str], config: CondenseConfig) -> list[int]:
-    counts = [int(rows.numel()) for rows in per_class]
+def _check_dpc(counts: list[int], class_names: list[str], config: CondenseConfig) -> list[int]:
     smallest = min((n for n in counts if n), default=0)
     if config.dpc > smallest and not config.allow_fewer:
         c = counts.index(smallest)
@@ -236,24 +248,21 @@ def _classes_to_do(classes: list[int], state, work: Path, resume: bool) -> list[
     return todo
 
 
-def _frequency_bank(run: Condensation, data, per_class, classes: list[int]) -> losses.FrequencyBank | None:
-    """--freq-bank B fixed frequency draws (seeded by --seed alone) and the real-side CFs of `classes`
-    under each (`losses.FrequencyBank`); None without --freq-bank, or for a method that draws none."""
+def _frequency_bank(run: Condensation, dims: dict[str, int]) -> losses.FrequencyBank | None:
+    """--freq-bank B fixed frequency draws (seeded by --seed alone; `losses.FrequencyBank`), whose real-side
+    CFs each class adds when its turn comes; None without --freq-bank, or for a method that draws none."""
     config = run.config
     if not config.freq_bank or not isinstance(run.loss, losses.ImageBindDCLoss):
         return None
-    bank = losses.FrequencyBank.draw(
+    return losses.FrequencyBank.draw(
         config.freq_bank,
-        {m: data[m].shape[1] for m in config.modalities},
+        dims,
         config.num_freqs,
         config.sigma,
         joint=config.joint_form == "cf" and len(config.modalities) > 1,
         generator=torch.Generator().manual_seed(config.seed),
         device=run.device,
     )
-    for c in classes:
-        bank.add_class(c, {m: data[m][per_class[c]].to(run.device) for m in config.modalities})
-    return bank
 
 
 def _class_job(run: Condensation, c: int, data, rows: torch.Tensor, dpc: int, bank, work: Path) -> ClassJob:
@@ -289,7 +298,7 @@ def _save_class(work: Path, job: ClassJob, tensors: dict[str, torch.Tensor], his
     atomic_save_tensors(
         work / f"class-{job.class_id:05d}.safetensors",
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"history": json.dumps(history)},
+        metadata={"history": json.dumps(history), "seconds": json.dumps(job.seconds)},
     )
     (work / f"state-{job.class_id:05d}.safetensors").unlink(missing_ok=True)
 
@@ -346,6 +355,8 @@ class ClassJob:
     bank: losses.FrequencyBank | None = None
     state_file: Path | None = None
     """Where a long class checkpoints (--checkpoint-every) and resumes from; None: never."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the class's time went: "bank" (its real CFs) and "steps" (the optimisation), filled in."""
 
 
 def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict[str, torch.Tensor], list]:
@@ -361,6 +372,11 @@ def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict
             selected.update(_real_inputs(run.store, config, job.rows[chosen], _input_modalities(config)))
         return selected, []
 
+    began = time.perf_counter()
+    if job.bank is not None:  # the class's real CFs under the bank's draws, while it is condensed
+        job.bank.add_class(job.class_id, job.real)
+    job.seconds["bank"] = round(time.perf_counter() - began, 4)
+    began = time.perf_counter()
     params, optimizer = start_synthesis(run, job)
     start, history = _load_class_state(job.state_file, params, optimizer, job.generator)
     for iteration in range(start, config.iterations):
@@ -380,6 +396,9 @@ def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict
             and done < config.iterations
         ):
             save_training_state(job.state_file, params, optimizer, {"class": job.generator}, {"history": history})
+    job.seconds["steps"] = round(time.perf_counter() - began, 4)
+    if job.bank is not None:
+        job.bank.drop_class(job.class_id)
     return _synthetic_tensors(params, config), history
 
 
@@ -559,6 +578,8 @@ def _write_synthetic_set(out, work, classes, run: Condensation, started, *, clas
         if space_map is not None:
             tensors.update(space_map.tensors(m))
     histories = [json.loads(p[1].get("history", "[]")) for p in parts]
+    timings = [json.loads(p[1].get("seconds", "{}")) for p in parts]
+    per_class = {k: round(sum(t.get(k, 0.0) for t in timings) / len(timings), 4) for k in ("bank", "steps")}
     history = _sum_histories(histories)
     seconds = time.time() - started
     kind = "selection" if run.method.kind == "selection" else "synthetic"
@@ -583,6 +604,7 @@ def _write_synthetic_set(out, work, classes, run: Condensation, started, *, clas
         "final_loss": history["total"][-1] if history.get("total") else None,
         "wall_time_s": round(seconds, 3),
         "peak_memory_mib": round(_peak_rss_mib(), 1),
+        "seconds_per_class": per_class,  # mean over classes: its bank CFs, its optimisation steps
         "source_store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint()},
         "command": reproduce_command(store.path, config, out),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

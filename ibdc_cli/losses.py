@@ -504,6 +504,11 @@ class FrequencyBank:
             concat = torch.cat([real[m] for m in self.freqs[0]], dim=1)
             self.real_joint_cf[class_id] = [characteristic_function(concat, jf) for jf in self.joint]
 
+    def drop_class(self, class_id: int) -> None:
+        """Forget class ``class_id``'s cached CFs (once it is condensed)."""
+        self.real_cf.pop(class_id, None)
+        self.real_joint_cf.pop(class_id, None)
+
     def sample(self, class_id: int, generator: torch.Generator, *, joint: bool) -> FrequencyDraw:
         """One of the B draws (uniformly, with ``generator``) with class ``class_id``'s cached real CFs."""
         b = int(torch.randint(len(self.freqs), (1,), generator=generator))

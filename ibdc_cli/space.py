@@ -23,15 +23,15 @@ score 23 % (centred) vs 88 % (whitened); a linear probe on all rows 86.7 % vs 93
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 SPACE_MAPS = ("whiten", "center", "none")
-# The covariance of D <= a few thousand dimensions is well estimated from this many rows; larger stores
-# are subsampled (seeded, so the map is deterministic) to bound the fit's memory and time.
-MAX_COVARIANCE_ROWS = 200_000
+FIT_CHUNK_ROWS = 8192
+"""Rows per chunk of a fit: its working memory is one chunk in float64 plus [D, D] sums, whatever N."""
 
 
 @dataclass
@@ -61,17 +61,46 @@ class SpaceMap:
 
 def fit_space_map(x: torch.Tensor, kind: str) -> SpaceMap | None:
     """The map of `kind` fitted to a store's embeddings `x` `[N, D]`; None for "none"."""
+    return fit_space_map_streaming(lambda: x.split(FIT_CHUNK_ROWS), kind)
+
+
+def fit_space_map_streaming(chunks: Callable[[], Iterable[torch.Tensor]], kind: str) -> SpaceMap | None:
+    """The map of `kind` fitted to all rows of the chunks that `chunks()` yields (`[n_i, D]` each), in at
+    most two passes (the mean, then the centred second moments), with bounded memory: a store's shards
+    can be streamed from disk, one at a time.
+
+    The whitening is the Ledoit–Wolf estimate (Ledoit & Wolf, 2004; what `sklearn.covariance.LedoitWolf
+    (assume_centered=True)` computes on the centred rows, from the same sums): with centred rows y_i,
+    S = (1/N) sum_i y_i y_i^T, mu = tr(S) / D, delta = ||S - mu I||_F^2 / D and
+    beta = min(delta, (sum_i ||y_i||^4 / N - ||S||_F^2) / (D N)), the covariance is
+    (1 - beta/delta) S + (beta/delta) mu I, and W = C^(-1/2).
+    """
     if kind == "none":
         return None
-    center = x.mean(0, dtype=torch.float64)
+    total, count = None, 0
+    for chunk in chunks():
+        chunk_sum = chunk.sum(0, dtype=torch.float64)
+        total = chunk_sum if total is None else total + chunk_sum
+        count += chunk.shape[0]
+    if count == 0:
+        raise ValueError("cannot fit a space map to no rows")
+    center = total / count
     if kind == "center":
         return SpaceMap(center.float())
-    from sklearn.covariance import LedoitWolf
-
-    if len(x) > MAX_COVARIANCE_ROWS:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_COVARIANCE_ROWS]]
-    centred = (x.double() - center).numpy()
-    covariance = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred).covariance_)
+    dim = center.shape[0]
+    second = torch.zeros(dim, dim, dtype=torch.float64)
+    fourth = 0.0
+    for chunk in chunks():
+        y = chunk.double() - center
+        second += y.T @ y
+        fourth += float(y.pow(2).sum(1).pow(2).sum())
+    covariance = second / count
+    mu = float(covariance.trace()) / dim
+    frobenius = float(covariance.pow(2).sum())
+    delta = (frobenius - 2 * mu * float(covariance.trace()) + dim * mu**2) / dim
+    beta = min(delta, (fourth / count - frobenius) / (dim * count))
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    covariance = (1 - shrinkage) * covariance + shrinkage * mu * torch.eye(dim, dtype=torch.float64)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     whitening = eigenvectors @ torch.diag(eigenvalues.clamp_min(1e-12).rsqrt()) @ eigenvectors.T
     return SpaceMap(center.float(), whitening.float())

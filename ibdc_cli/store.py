@@ -20,8 +20,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +173,17 @@ def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; truncated or foreign files raise IbdcError."""
+def read_tensors(
+    path: Path, what: str = "file", *, keys: list[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (all, or those of `keys` that it has) and the metadata of a safetensors file; truncated
+    or foreign files raise IbdcError."""
     if not path.is_file():
         raise IbdcError(f"{what} not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys() if keys is None or key in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise IbdcError(f"{path} is not a readable safetensors {what} (truncated or foreign?): {exc}") from None
     return tensors, metadata
@@ -223,6 +226,7 @@ class Store:
 
     path: Path
     index: dict[str, Any]
+    _verified: set[Path] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def modalities(self) -> dict[str, int]:
@@ -244,47 +248,79 @@ class Store:
         """SHA-256 of index.json, which lists the shards with their own SHA-256."""
         return hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
 
-    def load(self, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """All rows: `{modality: [N, D] float32, "labels": [N] int64, "row": [N] int64}`, checked finite."""
+    def load(
+        self,
+        modalities: list[str] | None = None,
+        *,
+        classes: Collection[int] | None = None,
+        transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """All rows, or those of the label ids `classes`: `{modality: [N, D] float32, "labels": [N] int64,
+        "row": [N] int64}`, checked finite. Read shard by shard, so with `classes` the memory it takes is
+        that of the rows it keeps (plus one shard). `transforms[m]` maps each shard's `m` rows as it is
+        read (before `classes` selects rows, so a row's result never depends on which others are kept)."""
         wanted = list(self.modalities) if modalities is None else modalities
-        for modality in wanted:
-            if modality not in self.modalities:
-                raise IbdcError(
-                    f"store {self.path} has no {modality!r} embeddings (it has: {', '.join(self.modalities)})"
-                )
+        keep = None if classes is None else torch.tensor(sorted(classes), dtype=torch.int64)
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in [*wanted, "labels", "row"]}
-        for shard in self.index["shards"]:
-            shard_path = self.path / shard["file"]
-            if "sha256" in shard and file_sha256(shard_path) != shard["sha256"]:
-                raise IbdcError(
-                    f"store shard {shard_path} does not match the SHA-256 that {self.path / INDEX_FILE} records: "
-                    "it was changed or swapped since `ibdc embed` wrote it; embed again"
-                )
-            tensors, _ = read_tensors(shard_path, "store shard")
+        for tensors in self.shards(wanted):
+            for modality, transform in (transforms or {}).items():
+                tensors[modality] = transform(tensors[modality])
+            if keep is not None:
+                chosen = torch.isin(tensors["labels"], keep)
+                tensors = {name: tensor[chosen] for name, tensor in tensors.items()}
             for name in parts:
-                if name not in tensors:
-                    raise IbdcError(f"store shard {shard_path} lacks tensor {name!r}")
-                if tensors[name].shape[0] != shard["rows"]:
-                    raise IbdcError(
-                        f"store shard {shard_path} has {tensors[name].shape[0]} rows, index says {shard['rows']}"
-                    )
-                tensor = tensors[name]
-                if name in ("labels", "row"):
-                    if tensor.is_floating_point() or tensor.is_complex() or tensor.ndim != 1:
-                        raise IbdcError(f"store shard {shard_path}: {name!r} must be 1-D integers, not {tensor.dtype}")
-                    tensor = tensor.long()
-                elif tensor.is_floating_point():
-                    tensor = tensor.float()  # a float16 or bfloat16 shard is read as float32
-                else:
-                    raise IbdcError(f"store shard {shard_path}: {name!r} holds {tensor.dtype}, not floats")
-                parts[name].append(tensor)
+                parts[name].append(tensors[name])
         data = {name: torch.cat(chunks) if chunks else torch.empty(0) for name, chunks in parts.items()}
         for modality in wanted:
             if data[modality].ndim != 2 or data[modality].shape[1] != self.modalities[modality]:
                 raise IbdcError(f"store {self.path}: {modality!r} has shape {tuple(data[modality].shape)}")
-        check_finite({m: data[m] for m in wanted}, f"store {self.path}")
-        self._check_labels(data["labels"], data["row"])
         return data
+
+    def shards(self, modalities: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Each shard's `modalities` (float32 `[n, D]`), "labels" and "row" (int64 `[n]`), one shard at a
+        time, checked: its SHA-256 against index.json (once per opened store), its rows, dtypes, label ids,
+        and finite values."""
+        for modality in modalities:
+            if modality not in self.modalities:
+                raise IbdcError(
+                    f"store {self.path} has no {modality!r} embeddings (it has: {', '.join(self.modalities)})"
+                )
+        offset = 0
+        for shard in self.index["shards"]:
+            shard_path = self.path / shard["file"]
+            if "sha256" in shard and shard_path not in self._verified:
+                if file_sha256(shard_path) != shard["sha256"]:
+                    raise IbdcError(
+                        f"store shard {shard_path} does not match the SHA-256 that {self.path / INDEX_FILE} "
+                        "records: it was changed or swapped since `ibdc embed` wrote it; embed again"
+                    )
+                self._verified.add(shard_path)
+            names = [*modalities, "labels", "row"]
+            tensors = read_tensors(shard_path, "store shard", keys=names)[0]
+            for name in names:
+                if name not in tensors:
+                    raise IbdcError(f"store shard {shard_path} lacks tensor {name!r}")
+                tensor = tensors[name]
+                if tensor.shape[0] != shard["rows"]:
+                    raise IbdcError(f"store shard {shard_path} has {tensor.shape[0]} rows, index says {shard['rows']}")
+                if name in ("labels", "row"):
+                    if tensor.is_floating_point() or tensor.is_complex() or tensor.ndim != 1:
+                        raise IbdcError(f"store shard {shard_path}: {name!r} must be 1-D integers, not {tensor.dtype}")
+                    tensors[name] = tensor.long()
+                elif tensor.is_floating_point():
+                    tensors[name] = tensor.float()  # a float16 or bfloat16 shard is read as float32
+                else:
+                    raise IbdcError(f"store shard {shard_path}: {name!r} holds {tensor.dtype}, not floats")
+            for modality in modalities:
+                bad = ~torch.isfinite(tensors[modality]).reshape(shard["rows"], -1).all(dim=1)
+                if bool(bad.any()):
+                    first = offset + int(bad.nonzero()[0, 0])
+                    raise IbdcError(
+                        f"store {self.path}: tensor {modality!r} contains NaN or Inf (first at row {first})"
+                    )
+            self._check_labels(tensors["labels"], tensors["row"])
+            offset += shard["rows"]
+            yield tensors
 
     def _check_labels(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
         """Every label is a class id of `class_names` (labelled stores) or -1 (unlabelled ones)."""

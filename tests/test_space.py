@@ -66,13 +66,19 @@ def test_none_leaves_unit_vectors_alone_and_maps_round_trip_through_set_tensors(
     assert isinstance(maps["audio"], SpaceMap)
 
 
-def test_a_large_store_is_fitted_on_a_seeded_subsample_close_to_the_full_fit(monkeypatch):
+def test_the_streamed_fit_is_ledoit_wolf_on_every_row():
+    from sklearn.covariance import LedoitWolf
+
     import ibdc_cli.space as space
 
-    x = _anisotropic(n=4000)
-    full = fit_space_map(x, "whiten")
-    monkeypatch.setattr(space, "MAX_COVARIANCE_ROWS", 2000)
-    sub, again = fit_space_map(x, "whiten"), fit_space_map(x, "whiten")
-    assert torch.equal(sub.whitening, again.whitening)  # deterministic
-    assert torch.equal(sub.center, full.center)  # the mean always uses every row
-    assert F.cosine_similarity(sub(x), full(x)).mean() > 0.95
+    x = _anisotropic(n=3000)
+    fitted = fit_space_map(x, "whiten")
+    centred = x.double() - x.double().mean(0)
+    covariance = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred.numpy()).covariance_)
+    assert torch.allclose(fitted.center.double(), x.double().mean(0), atol=1e-7)
+    # W = C^(-1/2): W C W = I
+    product = fitted.whitening.double() @ covariance @ fitted.whitening.double()
+    assert torch.allclose(product, torch.eye(x.shape[1], dtype=torch.float64), atol=1e-4)
+    chunks = space.fit_space_map_streaming(lambda: x.split(7), "whiten")  # any chunking, the same map
+    assert torch.allclose(chunks.whitening, fitted.whitening, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(chunks.center, fitted.center, atol=1e-7)

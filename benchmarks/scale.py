@@ -4,7 +4,7 @@ Writes synthetic stores of a given shape through the store writer (`ibdc_cli.sto
 child process, so this process stays small): C classes x R rows per class x D dimensions per modality,
 class-structured unit vectors (a class centre per modality plus isotropic noise; the modalities of a row
 share its class, not its noise). Then runs `ibdc condense` on each store as a user would (a child
-process, or `torchrun --nproc_per_node N` for N processes, `OMP_NUM_THREADS` = --threads / N), at the
+process, or `torchrun --nproc_per_node N` for N processes, `OMP_NUM_THREADS` = --threads each), at the
 defaults unless --condense-options says otherwise, and records:
 
 - wall time, and wall time per class;
@@ -135,7 +135,7 @@ def run(args) -> list[dict]:
             first = None
             for processes in args.processes:
                 out = work / f"syn-{classes}x{rows}-p{processes}.safetensors"
-                env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // processes)), "IBDC_LOG_EVERY": "60"}
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "IBDC_LOG_EVERY": "60"}
                 env["PYTHONPATH"] = str(ROOT)
                 measured = watch(condense_command(store, out, processes, args), env, work / f"{out.stem}.log")
                 meta = json.loads(_metadata(out)["ibdc"])
@@ -145,7 +145,8 @@ def run(args) -> list[dict]:
                     "dim": args.dim,
                     "modalities": len(args.modalities),
                     "processes": processes,
-                    "threads_per_process": max(1, args.threads // processes),
+                    "threads_per_process": args.threads,
+                    "peak_memory_mib_per_process": meta.get("peak_memory_mib_per_process"),
                     **measured,
                     "wall_s_per_class": round(measured["wall_s"] / classes, 2),
                     "seconds_per_class": meta.get("seconds_per_class"),
@@ -199,7 +200,9 @@ def main() -> None:
     parser.add_argument("--modalities", type=lambda s: s.split(","), default=["audio", "image"])
     parser.add_argument("--dpc", type=int, default=10)
     parser.add_argument("--processes", type=lambda s: [int(v) for v in s.split(",")], default=[1])
-    parser.add_argument("--threads", type=int, default=2, help="threads in all (split over the processes)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads per process (the same for every N: sets are compared)"
+    )
     parser.add_argument("--condense-options", default="", help="extra `ibdc condense` options, e.g. '--iterations 5'")
     parser.add_argument("--evaluate", action="store_true", help="also `ibdc evaluate SET --test STORE --train STORE`")
     parser.add_argument("--work", help="folder for the stores and sets (kept); default: a temporary one")

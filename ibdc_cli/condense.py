@@ -144,7 +144,7 @@ def run_condense(config: CondenseConfig) -> CondenseResult:
                 for c in todo:
                     job = _class_job(run, c, data, per_class[c], dpc_of[c], bank, work)
                     tensors, history = condense_class(run, job, advance)
-                    _save_class(work, job, tensors, history, class_names)
+                    _save_class(work, job, tensors, history, class_names, state.process_index)
         except IbdcError as exc:
             error = exc
         # Bad input in any process stops every process and leaves nothing half-written, but a resumed run
@@ -287,7 +287,7 @@ def _class_job(run: Condensation, c: int, data, rows: torch.Tensor, dpc: int, ba
     )
 
 
-def _save_class(work: Path, job: ClassJob, tensors: dict[str, torch.Tensor], history, class_names) -> None:
+def _save_class(work: Path, job: ClassJob, tensors: dict[str, torch.Tensor], history, class_names, process: int):
     """The finished class as its part file (then its checkpoint goes); non-finite rows are an error."""
     tensors["labels"] = torch.full((job.dpc,), job.class_id, dtype=torch.int64)
     if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
@@ -298,7 +298,12 @@ def _save_class(work: Path, job: ClassJob, tensors: dict[str, torch.Tensor], his
     atomic_save_tensors(
         work / f"class-{job.class_id:05d}.safetensors",
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"history": json.dumps(history), "seconds": json.dumps(job.seconds)},
+        metadata={
+            "history": json.dumps(history),
+            "seconds": json.dumps(job.seconds),
+            "process": str(process),  # and its peak memory so far: the set records each process's peak
+            "peak_mib": str(round(_peak_rss_mib(), 1)),
+        },
     )
     (work / f"state-{job.class_id:05d}.safetensors").unlink(missing_ok=True)
 
@@ -580,6 +585,11 @@ def _write_synthetic_set(out, work, classes, run: Condensation, started, *, clas
     histories = [json.loads(p[1].get("history", "[]")) for p in parts]
     timings = [json.loads(p[1].get("seconds", "{}")) for p in parts]
     per_class = {k: round(sum(t.get(k, 0.0) for t in timings) / len(timings), 4) for k in ("bank", "steps")}
+    peaks: dict[int, float] = {0: _peak_rss_mib()}
+    for _, meta in parts:
+        if "process" in meta:
+            process = int(meta["process"])
+            peaks[process] = max(peaks.get(process, 0.0), float(meta["peak_mib"]))
     history = _sum_histories(histories)
     seconds = time.time() - started
     kind = "selection" if run.method.kind == "selection" else "synthetic"
@@ -604,6 +614,7 @@ def _write_synthetic_set(out, work, classes, run: Condensation, started, *, clas
         "final_loss": history["total"][-1] if history.get("total") else None,
         "wall_time_s": round(seconds, 3),
         "peak_memory_mib": round(_peak_rss_mib(), 1),
+        "peak_memory_mib_per_process": [round(peaks[p], 1) for p in sorted(peaks)],
         "seconds_per_class": per_class,  # mean over classes: its bank CFs, its optimisation steps
         "source_store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint()},
         "command": reproduce_command(store.path, config, out),

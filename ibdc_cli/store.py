@@ -261,19 +261,26 @@ class Store:
         read (before `classes` selects rows, so a row's result never depends on which others are kept)."""
         wanted = list(self.modalities) if modalities is None else modalities
         keep = None if classes is None else torch.tensor(sorted(classes), dtype=torch.int64)
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in [*wanted, "labels", "row"]}
+        if keep is None:
+            total = sum(int(shard["rows"]) for shard in self.index["shards"])
+        else:  # a first pass over the labels alone, so the kept rows are written once, in place
+            total = sum(int(torch.isin(shard["labels"], keep).sum()) for shard in self.shards([]))
+        dims = {m: self.modalities[m] for m in wanted}
+        data = {m: torch.empty(total, dims[m]) for m in wanted}
+        data.update(labels=torch.empty(total, dtype=torch.int64), row=torch.empty(total, dtype=torch.int64))
+        start = 0
         for tensors in self.shards(wanted):
             for modality, transform in (transforms or {}).items():
                 tensors[modality] = transform(tensors[modality])
             if keep is not None:
                 chosen = torch.isin(tensors["labels"], keep)
                 tensors = {name: tensor[chosen] for name, tensor in tensors.items()}
-            for name in parts:
-                parts[name].append(tensors[name])
-        data = {name: torch.cat(chunks) if chunks else torch.empty(0) for name, chunks in parts.items()}
-        for modality in wanted:
-            if data[modality].ndim != 2 or data[modality].shape[1] != self.modalities[modality]:
-                raise IbdcError(f"store {self.path}: {modality!r} has shape {tuple(data[modality].shape)}")
+            n = tensors["labels"].shape[0]
+            for name, tensor in tensors.items():
+                if tensor.ndim != data[name].ndim or tensor.shape[1:] != data[name].shape[1:]:
+                    raise IbdcError(f"store {self.path}: {name!r} has shape {tuple(tensor.shape)}")
+                data[name][start : start + n] = tensor
+            start += n
         return data
 
     def shards(self, modalities: list[str]) -> Iterator[dict[str, torch.Tensor]]:

@@ -114,7 +114,7 @@ def run_condense(config: CondenseConfig) -> CondenseResult:
     device = resolve_device(state, config.device)
     store, out = open_store(config.store), Path(config.out)
     _check_request(store, out, config, state, device)
-    space_maps = {m: _fit_space_map(store, m, config.space_map) for m in config.modalities}
+    space_maps = _fit_space_maps(store, config, state)
     labels, class_names, pseudo, data = _classes(store, config, space_maps)
     counts = torch.bincount(labels, minlength=len(class_names)).tolist()
     dpc_of = _check_dpc(counts, class_names, config)
@@ -129,8 +129,7 @@ def run_condense(config: CondenseConfig) -> CondenseResult:
         todo = _classes_to_do(classes, state, work, config.resume)
         error = None
         try:
-            if data is None:  # this process's classes only, in the condensation space
-                data = store.load(config.modalities, classes=todo, transforms=_transforms(space_maps))
+            data = data if data is not None else _own_rows(store, config, todo, space_maps, state)
             per_class = _rows_per_class(data["labels"], len(class_names))
             bank = _frequency_bank(run, {m: data[m].shape[1] for m in config.modalities})
             logs = Path(config.log_dir) if config.log_dir is not None else out.parent / f"{out.stem}-logs"
@@ -199,9 +198,25 @@ def _is_labeled(store: Store) -> bool:
     return store.index.get("labeled", bool(store.class_names))
 
 
-def _fit_space_map(store: Store, modality: str, kind: str):
-    """The --space-map of one modality, fitted on all of the store's rows, streamed shard by shard."""
-    return fit_space_map_streaming(lambda: (shard[modality] for shard in store.shards([modality])), kind)
+def _fit_space_maps(store: Store, config: CondenseConfig, state) -> dict[str, Any]:
+    """The --space-map of each modality, fitted on all of the store's rows, streamed shard by shard."""
+    began = time.perf_counter()
+    maps = {
+        m: fit_space_map_streaming(lambda m=m: (shard[m] for shard in store.shards([m])), config.space_map)
+        for m in config.modalities
+    }
+    if config.space_map != "none":
+        seconds = time.perf_counter() - began
+        log(f"space map {config.space_map}: fitted on the store's {store.num_rows} rows in {seconds:.1f} s", state)
+    return maps
+
+
+def _own_rows(store: Store, config: CondenseConfig, classes: list[int], space_maps, state) -> dict[str, Any]:
+    """The rows of `classes` (this process's), in the condensation space."""
+    data = store.load(config.modalities, classes=classes, transforms=_transforms(space_maps))
+    mib = sum(data[m].numel() * 4 for m in config.modalities) / 2**20
+    log(f"read {len(data['labels'])} rows of {len(classes)} classes ({mib:.0f} MiB) for this process", state)
+    return data
 
 
 def _transforms(space_maps) -> dict[str, Any]:
@@ -377,11 +392,11 @@ def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict
             selected.update(_real_inputs(run.store, config, job.rows[chosen], _input_modalities(config)))
         return selected, []
 
-    began = time.perf_counter()
+    bank_started = time.perf_counter()
     if job.bank is not None:  # the class's real CFs under the bank's draws, while it is condensed
         job.bank.add_class(job.class_id, job.real)
-    job.seconds["bank"] = round(time.perf_counter() - began, 4)
-    began = time.perf_counter()
+    steps_started = time.perf_counter()
+    job.seconds["bank"] = round(steps_started - bank_started, 4)
     params, optimizer = start_synthesis(run, job)
     start, history = _load_class_state(job.state_file, params, optimizer, job.generator)
     for iteration in range(start, config.iterations):
@@ -401,7 +416,7 @@ def condense_class(run: Condensation, job: ClassJob, advance=None) -> tuple[dict
             and done < config.iterations
         ):
             save_training_state(job.state_file, params, optimizer, {"class": job.generator}, {"history": history})
-    job.seconds["steps"] = round(time.perf_counter() - began, 4)
+    job.seconds["steps"] = round(time.perf_counter() - steps_started, 4)
     if job.bank is not None:
         job.bank.drop_class(job.class_id)
     return _synthetic_tensors(params, config), history

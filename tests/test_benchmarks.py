@@ -197,3 +197,16 @@ def test_whole_by_modality_fuses_the_heads_it_scores_alone(digits, monkeypatch):
     assert alone["fused"] == alone["image"] and 0 <= alone["image"] <= 100
     both = whole_by_modality.by_modality(data, held, classes, ["image", "audio"], "whiten")
     assert both["image"] == alone["image"] and set(both) == {"image", "audio", "fused"}
+
+
+@pytest.mark.slow
+def test_scale_quick_runs_and_compares_process_counts(tmp_path):
+    out = tmp_path / "scale.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = json.loads(out.read_text())
+    assert (one["processes"], two["processes"]) == (1, 2) and two["identical_to_1_process"] is True
+    assert len(one["peak_rss_gib"]) == 1 and len(two["peak_rss_gib"]) == 2
+    assert len(two["peak_memory_mib_per_process"]) == 2 and set(one["seconds_per_class"]) == {"bank", "steps"}
+    assert one["evaluate_train"]["wall_s"] > 0 and "| 4 | 160 | 2 |" in result.stdout

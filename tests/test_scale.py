@@ -77,3 +77,17 @@ def test_each_of_two_processes_holds_only_its_own_classes(stores):
     for process, peak in enumerate(peaks):
         extra = peak - stores["baseline"]
         assert extra < 0.85 * stores["data_mib"], f"process {process}: {extra:.0f} MiB for half the classes"
+
+
+def test_loading_some_classes_gives_their_rows_of_the_whole_load(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    embeddings = {"audio": F.normalize(torch.randn(300, 8, generator=g), dim=-1)}
+    store = write_store(tmp_path / "s", embeddings, labels, shard_rows=64)
+    whole = store.load(["audio"])
+    some = store.load(["audio"], classes=[1, 3])
+    keep = (whole["labels"] == 1) | (whole["labels"] == 3)
+    assert all(torch.equal(some[k], whole[k][keep]) for k in ("audio", "labels", "row"))
+    doubled = store.load(["audio"], classes=[3], transforms={"audio": lambda x: 2 * x})
+    assert torch.equal(doubled["audio"], 2 * whole["audio"][whole["labels"] == 3])
+    assert store.load(["audio"], classes=[])["audio"].shape == (0, 8)

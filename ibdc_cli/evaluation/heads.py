@@ -7,6 +7,7 @@ the heads' softmaxes; top-1 accuracy on the test store's rows, mapped into the s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +126,12 @@ class HeadsProtocol(Protocol):
     def store_features(self, store: Store, synthetic: SyntheticSet, split: str) -> tuple[Features, torch.Tensor]:
         """A store's embeddings `{m: [N, D]}`, mapped into the set's space (ibdc_cli/space.py), and its labels
         `[N]` as the set's class ids (matched by class name)."""
-        data = store.load(self.modalities)
-        labels = synthetic.store_class_ids(store, data["labels"])
         space_maps = synthetic.space_maps
-        return {m: map_embeddings(data[m], space_maps.get(m)) for m in self.modalities}, labels
+        # mapped shard by shard as they are read: the store's rows are held once
+        transforms = {m: functools.partial(map_embeddings, space_map=space_maps.get(m)) for m in self.modalities}
+        data = store.load(self.modalities, transforms=transforms)
+        labels = synthetic.store_class_ids(store, data["labels"])
+        return {m: data[m] for m in self.modalities}, labels
 
     def train(self, features: Features, labels: torch.Tensor, seed: int) -> dict[str, torch.nn.Module]:
         return train_heads(

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from ibdc_cli import __version__, config
-from ibdc_cli.config import BindConfig, CondenseConfig, EmbedConfig, EvaluateConfig
+from ibdc_cli.config import BindConfig, CondenseConfig, EmbedConfig, EvaluateConfig, ManifestConfig
 from ibdc_cli.console import set_quiet, stderr
 from ibdc_cli.errors import IbdcError
 
@@ -204,6 +204,25 @@ def embed(config: EmbedConfig, as_json: bool) -> None:
         row = item["row"]
         stderr.print(f"skipped row {row}: {item['reason'].removeprefix(f'row {row}: ')}", markup=False)
     print(f"wrote {result.store} ({result.rows} rows, {len(result.skipped)} skipped, {result.seconds:.1f} s)")
+
+
+@recipe_command(ManifestConfig, no_args_is_help=True)
+def manifest(config: ManifestConfig, as_json: bool) -> None:
+    """Write a manifest of a folder of media: DIR/<label>/<stem>.<ext> or DIR/<modality>/<label>/<stem>.<ext>.
+
+    Files of one stem make one row; rows are sorted by label, then stem; hidden files are ignored; an
+    unknown file type, a stem missing a modality, or a stem under two labels exits 2 naming it.
+
+    Example: ibdc manifest photos/ --modalities image,audio --out photos.csv
+    """
+    from ibdc_cli.data.folders import write_folder_manifest
+
+    rows = write_folder_manifest(config)
+    labels = len({row["label"] for row in rows})
+    if as_json:
+        _print_json({"out": config.out, "rows": len(rows), "labels": labels, "columns": list(rows[0])})
+        return
+    print(f"wrote {config.out} ({len(rows)} rows, {labels} labels)")
 
 
 @recipe_command(CondenseConfig)

@@ -50,6 +50,7 @@ Protocol = Literal["linear", "mlp", "convnet", "retrieval"]
 Targets = Literal["rows", "class-means"]
 Model = Literal["imagebind_tiny", "imagebind_huge"]
 Tracker = Literal["csv", "tensorboard", "wandb"]
+Layout = Literal["auto", "class", "paired"]
 
 
 def option(
@@ -437,6 +438,38 @@ class EmbedConfig(Config):
     shard_rows: int = option(16384, "Rows per store shard.", kind="run", hidden=True)
 
 
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+@dataclass(kw_only=True)
+class ManifestConfig(Config):
+    """Every option of `ibdc manifest`: a manifest from folders of media files (rules in ibdc_cli/data/folders.py)."""
+
+    COMMAND: typing.ClassVar[str] = "manifest"
+
+    dir: str = option(
+        help="Folder of media: DIR/<label>/<stem>.<ext> (class folders) or DIR/<modality>/<label>/<stem>.<ext> "
+        "(paired folders).",
+        kind="input",
+        argument=True,
+    )
+    modalities: list[str] = modalities_option()
+    out: str = option(
+        help="Manifest to write (.csv or .jsonl); media paths in it are relative to its folder.",
+        kind="run",
+        short="-o",
+        metavar="PATH",
+    )
+    layout: Layout = option(
+        "auto",
+        "class, paired, or auto: paired when DIR holds exactly one folder per modality (image/, audio/, ...).",
+    )
+    allow_unpaired: bool = option(
+        False, "Write an empty cell for a stem that lacks a modality's file (default: refuse, naming it)."
+    )
+    overwrite: bool = overwrite_option("--out file")
+
+
 # ---------------------------------------------------------------------------------------------------- bind
 
 
@@ -549,7 +582,7 @@ class EvaluateConfig(Config):
 
 
 RECIPE_CONFIGS: dict[str, type[Config]] = {
-    c.COMMAND: c for c in (EmbedConfig, CondenseConfig, BindConfig, EvaluateConfig)
+    c.COMMAND: c for c in (EmbedConfig, CondenseConfig, BindConfig, EvaluateConfig, ManifestConfig)
 }
 # The docs page (under docs/) that carries each command's generated options table.
 DOCS_PAGES = {
@@ -557,6 +590,7 @@ DOCS_PAGES = {
     "condense": "commands/condense.md",
     "bind": "bind.md",
     "evaluate": "commands/evaluate.md",
+    "manifest": "commands/manifest.md",
 }
 
 

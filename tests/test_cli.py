@@ -12,6 +12,7 @@ from ibdc_cli.cli import app
 
 COMMANDS = [
     "embed",
+    "manifest",
     "condense",
     "evaluate",
     "inspect",
@@ -65,7 +66,7 @@ def test_demo_end_to_end_small(tmp_path, cli):
     assert "accuracy %" in human.out and "condense" in human.out and str(plot) in human.out
 
 
-@pytest.mark.parametrize("command", ["embed", "condense", "bind", "evaluate"])
+@pytest.mark.parametrize("command", ["embed", "manifest", "condense", "bind", "evaluate"])
 def test_command_options_are_the_config_fields(command):
     """Each recipe command's options are its config's fields, with the field's default (one home per option;
     comma-separated lists are written joined on the command line)."""

@@ -32,7 +32,8 @@ How it works:
   `PROVIDED` just before the command needs it: `stores/train` and `stores/test` are the workflow's
   (docs/index.md: av-digits `--per-class 5`, image, audio and text embedded with `imagebind_tiny`), built
   once per session, and `../shared/data/fsdd-mnist` (the shared fsdd-mnist source, relative to the
-  repository root) is linked to the `fsdd_source` fixture's folder.
+  repository root) is linked to the `fsdd_source` fixture's folder. `data/digits` is a class-folder tree
+  (`<label>/<stem>.png` and `.wav`, 3 classes x 2 rows of the small av-digits) for `ibdc manifest`.
   An output that an earlier block already wrote is removed first (each block is an example a reader
   may run again); an output written twice within one block is a doc bug and fails. A command followed
   by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
@@ -104,6 +105,7 @@ PROVIDED = {
     "cache/demo/av-digits": "small av-digits",
     "data/sn": "small spoken-numbers",
     "data/spoken-numbers": "small spoken-numbers",
+    "data/digits": "small class folders",
     "stores/train": "workflow train store",
     "stores/test": "workflow test store",
     "../shared/data/fsdd-mnist": "fsdd_source",
@@ -659,6 +661,25 @@ CASES = [
 ]
 
 
+def _class_folders(manifest: Path, out: Path, per_class: int = 2, classes: int = 3) -> None:
+    """A class-folder tree (`out/<label>/<id>.png` and `.wav`) of the first rows of a few classes of an
+    av-digits manifest: the folder `ibdc manifest` reads in docs/commands/manifest.md and embed.md."""
+    import csv
+
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    taken: dict[str, int] = {}
+    for row in rows:
+        label = row["label"]
+        if taken.get(label, 0) >= per_class or (label not in taken and len(taken) >= classes):
+            continue
+        taken[label] = taken.get(label, 0) + 1
+        (out / label).mkdir(parents=True, exist_ok=True)
+        stem = Path(row["image"]).stem
+        shutil.copy(manifest.parent / row["image"], out / label / f"{stem}.png")
+        shutil.copy(manifest.parent / row["audio"], out / label / f"{stem}.wav")
+
+
 @pytest.fixture(scope="session")
 def docs_sources(tmp_path_factory) -> dict[str, Path]:
     """The docs' small data, and the workflow's stores (docs/index.md), which their example outputs show."""
@@ -669,7 +690,9 @@ def docs_sources(tmp_path_factory) -> dict[str, Path]:
     # av-digits --per-class 5, image, audio and text embedded with imagebind_tiny: what index.md makes.
     workflow = ensure_demo_stores(base, per_class=SMALL_PER_CLASS)
     build_spoken_numbers(base / "spoken-numbers", count=SMALL["datasets spoken-numbers"]["--count"])
+    _class_folders(workflow["data"] / "train.csv", base / "digits")
     return {
+        "small class folders": base / "digits",
         "small av-digits": workflow["data"],
         "small spoken-numbers": base / "spoken-numbers",
         "workflow train store": workflow["train"],

@@ -144,6 +144,15 @@ def _class_names(values: list[str], path: Path) -> list[str]:
     return sorted(unique)
 
 
+def label_ids(values: list[str], where: str | Path) -> tuple[list[str], list[int]]:
+    """The class names (label id -> name) and each row's label id of the label texts `values` (stripped,
+    non-empty), by the rules of `_class_names`; every source of rows (manifest, folders, hf:) uses this."""
+    names = _class_names(values, Path(where))
+    lookup = {name: i for i, name in enumerate(names)}
+    numeric = all(INTEGER.fullmatch(v) for v in values)
+    return names, [lookup[str(int(v)) if numeric else v] for v in values]
+
+
 def read_manifest(path: str | Path, modalities: list[str], *, require_label: bool = True) -> Manifest:
     """Read and check a manifest: columns known, requested modalities present, cells non-empty.
 
@@ -181,11 +190,7 @@ def read_manifest(path: str | Path, modalities: list[str], *, require_label: boo
         for index, row in enumerate(rows):
             if not row.get("label"):
                 raise IbdcError(f"{path}: row {index} has an empty label")
-        values = [row["label"] for row in rows]
-        names = _class_names(values, path)
-        lookup = {name: i for i, name in enumerate(names)}
-        numeric = all(INTEGER.fullmatch(v) for v in values)
-        labels = [lookup[str(int(v)) if numeric else v] for v in values]
+        names, labels = label_ids([row["label"] for row in rows], path)
     else:
         names, labels = [], [-1] * len(rows)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

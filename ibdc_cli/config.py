@@ -419,10 +419,26 @@ class EmbedConfig(Config):
     COMMAND: typing.ClassVar[str] = "embed"
 
     manifest: str = option(
-        help="CSV or JSONL manifest: a column per modality, label, optional id.", kind="input", argument=True
+        help="CSV or JSONL manifest: a column per modality, label, optional id; or hf:DATASET (a save_to_disk "
+        "folder, Parquet files, or a Hub name).",
+        kind="input",
+        argument=True,
     )
     modalities: list[str] = modalities_option()
     out: str = option(help="Store directory to create.", kind="run", short="-o", metavar="PATH")
+    split: str | None = option(
+        None, "hf: the split to embed (default: the only one, else train).", kind="input", metavar="NAME"
+    )
+    image_column: str | None = option(None, "hf: the image column (default: image).", kind="input", metavar="NAME")
+    audio_column: str | None = option(None, "hf: the audio column (default: audio).", kind="input", metavar="NAME")
+    text_column: str | None = option(None, "hf: the text column (default: text).", kind="input", metavar="NAME")
+    depth_column: str | None = option(None, "hf: the depth column (default: depth).", kind="input", metavar="NAME")
+    thermal_column: str | None = option(
+        None, "hf: the thermal column (default: thermal).", kind="input", metavar="NAME"
+    )
+    label_column: str | None = option(
+        None, "hf: the label column (default: label when there is one; else no labels).", kind="input", metavar="NAME"
+    )
     model: Model = model_option()
     checkpoint: str | None = checkpoint_option()
     random_init: bool = random_init_option()

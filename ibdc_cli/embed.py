@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ibdc_cli.config import EmbedConfig
+from ibdc_cli.data.hf import is_hf
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.preprocess import PREPROCESSING
 from ibdc_cli.data.rows import batch_error, row_loader, usable_rows
@@ -68,6 +69,23 @@ def embed_manifest(manifest_path: str | Path, modalities: list[str], out: str | 
     return run_embed(config)
 
 
+HF_OPTIONS = ("split", "image_column", "audio_column", "text_column", "depth_column", "thermal_column", "label_column")
+
+
+def read_rows(config: EmbedConfig):
+    """The rows to embed: a manifest (`read_manifest`), or an `hf:` dataset (`data.hf.read_hf`), checked."""
+    given = [name for name in HF_OPTIONS if getattr(config, name) is not None]
+    if is_hf(config.manifest):
+        from ibdc_cli.data.hf import read_hf  # imports `datasets` only when it reads
+
+        columns = {name.removesuffix("_column"): getattr(config, name) for name in HF_OPTIONS[1:]}
+        return read_hf(config.manifest, config.modalities, split=config.split, columns=columns)
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise IbdcError(f"{flag} is for hf: inputs; {config.manifest} is a manifest (its columns are named by it)")
+    return read_manifest(config.manifest, config.modalities, require_label=False)
+
+
 def run_embed(config: EmbedConfig) -> EmbedResult:
     """Embed `config.modalities` of every row of `config.manifest` into the store directory `config.out`; see
     the module docstring."""
@@ -81,7 +99,7 @@ def run_embed(config: EmbedConfig) -> EmbedResult:
     if out.is_file():
         raise IbdcError(f"--out {out} is a file; an embedding store is a directory: choose another --out")
     state = process_state(config.device)
-    manifest = read_manifest(config.manifest, config.modalities, require_label=False)
+    manifest = read_rows(config)
     if (out / INDEX_FILE).exists() and not config.overwrite:
         raise IbdcError(f"{out} already holds a store; choose another --out or pass --overwrite")
     if out.exists() and not (out / INDEX_FILE).exists() and any(out.iterdir()):
@@ -105,6 +123,8 @@ def run_embed(config: EmbedConfig) -> EmbedResult:
     with contextlib.ExitStack() as stack:
         job = {
             "manifest_sha256": manifest.sha256,
+            # the columns and split of an hf: input (its path may move between a run and its resume)
+            "source": {k: v for k, v in manifest.record().items() if k != "path"},
             "modalities": config.modalities,
             "encoder": encoder.describe(),
             "preprocessing": {m: PREPROCESSING[m] for m in config.modalities},
@@ -211,7 +231,7 @@ def _finish_store(work, out, manifest, job, num_chunks, skipped, overwrite, shar
     extra = {
         "preprocessing": job["preprocessing"],
         "precision": job["precision"],
-        "manifest": {"path": str(manifest.path.resolve()), "sha256": manifest.sha256, "rows": len(manifest.rows)},
+        "manifest": manifest.record(),
         "skipped": sorted(skipped, key=lambda s: s["row"]),
     }
     store = write_store(

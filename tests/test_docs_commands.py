@@ -33,7 +33,8 @@ How it works:
   (docs/index.md: av-digits `--per-class 5`, image, audio and text embedded with `imagebind_tiny`), built
   once per session, and `../shared/data/fsdd-mnist` (the shared fsdd-mnist source, relative to the
   repository root) is linked to the `fsdd_source` fixture's folder. `data/digits` is a class-folder tree
-  (`<label>/<stem>.png` and `.wav`, 3 classes x 2 rows of the small av-digits) for `ibdc manifest`.
+  (`<label>/<stem>.png` and `.wav`, 3 classes x 2 rows of the small av-digits) for `ibdc manifest`,
+  and `data/digits-hf` the same rows as a `datasets` DatasetDict saved to disk, for `ibdc embed hf:`.
   An output that an earlier block already wrote is removed first (each block is an example a reader
   may run again); an output written twice within one block is a doc bug and fails. A command followed
   by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
@@ -106,6 +107,7 @@ PROVIDED = {
     "data/sn": "small spoken-numbers",
     "data/spoken-numbers": "small spoken-numbers",
     "data/digits": "small class folders",
+    "data/digits-hf": "small hf dataset",
     "stores/train": "workflow train store",
     "stores/test": "workflow test store",
     "../shared/data/fsdd-mnist": "fsdd_source",
@@ -556,6 +558,7 @@ class Runner:
         for arg in argv:
             if arg.startswith("-") or arg in outputs:
                 continue
+            arg = arg.removeprefix("hf:")  # `ibdc embed hf:data/digits-hf` reads the folder data/digits-hf
             for key, source in PROVIDED.items():
                 target = workspace.root / key
                 if (arg == key or arg.startswith(key + "/")) and not target.exists():
@@ -680,6 +683,31 @@ def _class_folders(manifest: Path, out: Path, per_class: int = 2, classes: int =
         shutil.copy(manifest.parent / row["audio"], out / label / f"{stem}.wav")
 
 
+def _hf_dataset(folders: Path, out: Path) -> None:
+    """The class folders as a `datasets` DatasetDict saved to disk (columns img, speech, digit; split train),
+    for the `hf:` example of docs/commands/embed.md."""
+    from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    files = sorted(folders.glob("*/*.png"))
+    labels = sorted({f.parent.name for f in files})
+    features = Features(
+        {
+            "img": ImageFeature(),
+            "speech": {"bytes": Value("binary"), "path": Value("string")},
+            "digit": ClassLabel(names=labels),
+        }
+    )
+    table = {
+        "img": [str(f) for f in files],
+        "speech": [{"bytes": f.with_suffix(".wav").read_bytes(), "path": f.with_suffix(".wav").name} for f in files],
+        "digit": [labels.index(f.parent.name) for f in files],
+    }
+    # audio as its files' bytes, cast to Audio(): encoding audio through `datasets` needs torchcodec
+    dataset = Dataset.from_dict(table, features=features).cast_column("speech", Audio())
+    DatasetDict({"train": dataset}).save_to_disk(str(out))
+
+
 @pytest.fixture(scope="session")
 def docs_sources(tmp_path_factory) -> dict[str, Path]:
     """The docs' small data, and the workflow's stores (docs/index.md), which their example outputs show."""
@@ -691,8 +719,10 @@ def docs_sources(tmp_path_factory) -> dict[str, Path]:
     workflow = ensure_demo_stores(base, per_class=SMALL_PER_CLASS)
     build_spoken_numbers(base / "spoken-numbers", count=SMALL["datasets spoken-numbers"]["--count"])
     _class_folders(workflow["data"] / "train.csv", base / "digits")
+    _hf_dataset(base / "digits", base / "digits-hf")
     return {
         "small class folders": base / "digits",
+        "small hf dataset": base / "digits-hf",
         "small av-digits": workflow["data"],
         "small spoken-numbers": base / "spoken-numbers",
         "workflow train store": workflow["train"],

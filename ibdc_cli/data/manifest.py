@@ -39,6 +39,32 @@ class Manifest:
     def modalities(self) -> list[str]:
         return [c for c in self.columns if c in MODALITIES]
 
+    def has(self, row: int, modality: str) -> bool:
+        """Whether row `row` has a non-empty `modality` cell."""
+        return bool(self.rows[row].get(modality))
+
+    def check_row(self, row: int, modalities: list[str]) -> None:
+        """Raise MediaError naming `row` unless each of its `modalities` cells is usable as far as can be told
+        without decoding: present, of a known format and, for media, an existing file."""
+        from ibdc_cli.data.preprocess import MediaError
+
+        for modality in modalities:
+            value = check_cell(self, row, modality)
+            if modality != "text":
+                path = Path(value) if Path(value).is_absolute() else self.base_dir / value
+                if not path.is_file():
+                    raise MediaError(f"row {row}: {modality} file not found: {path}")
+
+    def model_input(self, row: int, modality: str):
+        """The model input of row `row`'s `modality` cell (`preprocess.load`); MediaError when it cannot be read."""
+        from ibdc_cli.data.preprocess import load
+
+        return load(modality, self.rows[row][modality], self.base_dir)
+
+    def record(self) -> dict:
+        """What a store records of the rows it was made from (index.json "manifest")."""
+        return {"path": str(self.path.resolve()), "sha256": self.sha256, "rows": len(self.rows)}
+
 
 def parse_modalities(text: str | list[str]) -> list[str]:
     """`"audio,image"` -> `["audio", "image"]`, with aliases resolved and names checked."""
@@ -58,6 +84,11 @@ def parse_modalities(text: str | list[str]) -> list[str]:
 
 
 def _read_records(path: Path) -> list[dict[str, str]]:
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        raise IbdcError(
+            f"{path} is a Hugging Face dataset, not a manifest: what reads media rows again (--space input, "
+            "--protocol convnet) needs a CSV or JSONL manifest; embed one of the same files for that"
+        )
     if not path.is_file():
         raise IbdcError(f"manifest not found: {path}")
     suffix = path.suffix.lower()

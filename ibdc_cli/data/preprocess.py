@@ -10,10 +10,15 @@ Each `load_<modality>` takes a path (or the text itself) and returns the model-i
 
 Audio is decoded with soundfile (no FFmpeg needed) and resampled with torchaudio.functional.resample.
 Problems with a file raise `MediaError`, which callers turn into a message naming the manifest row.
+
+Media held in memory (a Hugging Face dataset's encoded `Image`/`Audio` cells) are decoded from their
+bytes by the same code (`data=`, with `path` only naming them in messages), and a decoded waveform by
+`waveform_input`: the same file's bytes give the same tensor as its path.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +117,11 @@ _map_transform = transforms.Compose(
 MAX_ASPECT = 4
 
 
-def _open_image(path: Path) -> Image.Image:
-    if not path.is_file():
+def _open_image(path: Path, data: bytes | None = None) -> Image.Image:
+    if data is None and not path.is_file():
         raise MediaError(f"file not found: {path}")
     try:
-        image = Image.open(path)
+        image = Image.open(path if data is None else io.BytesIO(data))
         image.load()
     except Image.DecompressionBombError as exc:  # PIL's guard against images of absurd pixel counts
         raise MediaError(f"image {path} is too large to decode safely: {exc}") from None
@@ -154,23 +159,25 @@ def _central_part(image: Image.Image) -> Image.Image:
     return image if box == (0, 0, *image.size) else image.crop(box)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """`[3, 224, 224]` float: any PIL-readable image (grayscale, 16-bit, RGBA, non-square) as ImageBind sees it."""
-    return _image_transform(_central_part(_to_rgb(_open_image(Path(path)))))
+def load_image(path: str | Path, data: bytes | None = None) -> torch.Tensor:
+    """`[3, 224, 224]` float: any PIL-readable image (grayscale, 16-bit, RGBA, non-square) as ImageBind sees it;
+    from the file `path`, or from its bytes `data`."""
+    return _image_transform(_central_part(_to_rgb(_open_image(Path(path), data))))
 
 
-def load_map(path: str | Path) -> torch.Tensor:
-    """`[1, 224, 224]` float in [0, 1]: a depth or thermal map (8/16-bit PNG/TIFF, or a 2-D `.npy`)."""
+def load_map(path: str | Path, data: bytes | None = None) -> torch.Tensor:
+    """`[1, 224, 224]` float in [0, 1]: a depth or thermal map (8/16-bit PNG/TIFF, or a 2-D `.npy`); from the
+    file `path`, or from its bytes `data`."""
     path = Path(path)
-    if path.suffix == ".npy":
-        if not path.is_file():
+    if path.suffix == ".npy" or (data is not None and data[:6] == b"\x93NUMPY"):
+        if data is None and not path.is_file():
             raise MediaError(f"file not found: {path}")
         try:
-            array = np.load(path, allow_pickle=False).astype(np.float32)
+            array = np.load(path if data is None else io.BytesIO(data), allow_pickle=False).astype(np.float32)
         except (ValueError, OSError) as exc:
             raise MediaError(f"cannot read {path}: {exc}") from None
     else:
-        image = _open_image(path)
+        image = _open_image(path, data)
         array = np.asarray(image, dtype=np.float32)
         if array.ndim == 3:  # colour-mapped maps: use the luminance
             array = np.asarray(image.convert("L"), dtype=np.float32)
@@ -184,29 +191,32 @@ def load_map(path: str | Path) -> torch.Tensor:
     return _map_transform(torch.from_numpy(np.ascontiguousarray(array))[None])
 
 
-def decode_audio(path: str | Path) -> tuple[torch.Tensor, int]:
-    """Mono waveform `[T]` float32 and its sample rate, decoded with soundfile."""
+def decode_audio(path: str | Path, data: bytes | None = None) -> tuple[torch.Tensor, int]:
+    """Mono waveform `[T]` float32 and its sample rate, decoded with soundfile from the file `path`, or from
+    its bytes `data`."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise MediaError(f"file not found: {path}")
     try:
-        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        samples, sample_rate = soundfile.read(
+            str(path) if data is None else io.BytesIO(data), dtype="float32", always_2d=True
+        )
     except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError) as exc:
         raise MediaError(f"cannot decode audio {path}: {exc}") from None
-    if data.size == 0:
+    if samples.size == 0:
         raise MediaError(f"audio file has no samples: {path}")
-    declared = declared_wav_frames(path)
-    if declared is not None and declared > len(data):
+    declared = declared_wav_frames(path, data)
+    if declared is not None and declared > len(samples):
         raise MediaError(
-            f"audio file is truncated: {path} holds {len(data)} of the {declared} frames its header declares"
+            f"audio file is truncated: {path} holds {len(samples)} of the {declared} frames its header declares"
         )
-    waveform = torch.from_numpy(data).mean(dim=1)
+    waveform = torch.from_numpy(samples).mean(dim=1)
     if not torch.isfinite(waveform).all():
         raise MediaError(f"audio contains NaN or Inf: {path}")
     return waveform, int(sample_rate)
 
 
-def declared_wav_frames(path: Path) -> int | None:
+def declared_wav_frames(path: Path, data: bytes | None = None) -> int | None:
     """The frame count a WAV file's header declares (its data chunk's size / block align), or None when
     the file is not a RIFF WAV or the size is a streaming writer's placeholder (0 or 0xFFFFFFFF).
 
@@ -214,7 +224,7 @@ def declared_wav_frames(path: Path) -> int | None:
     comparing the two is how `decode_audio` notices a copy cut short.
     """
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb") if data is None else io.BytesIO(data) as handle:
             if handle.read(12)[:4] != b"RIFF":
                 return None
             block_align = None
@@ -265,9 +275,29 @@ def waveform_to_fbank(clip: torch.Tensor) -> torch.Tensor:
     return ((fbank - AUDIO_MEAN) / AUDIO_STD)[None]
 
 
-def load_audio(path: str | Path) -> torch.Tensor:
-    """`[3, 1, 128, 204]`: ImageBind's audio input; stereo is averaged, any rate resampled, short clips padded."""
-    waveform, sample_rate = decode_audio(path)
+def load_audio(path: str | Path, data: bytes | None = None) -> torch.Tensor:
+    """`[3, 1, 128, 204]`: ImageBind's audio input; stereo is averaged, any rate resampled, short clips padded;
+    from the file `path`, or from its bytes `data`."""
+    return audio_input(*decode_audio(path, data))
+
+
+def waveform_input(samples, sample_rate: int, name: str = "waveform") -> torch.Tensor:
+    """`[3, 1, 128, 204]` of a decoded waveform (`[T]`, or `[T, C]` / `[C, T]`: averaged over the shorter
+    axis, the channels) at `sample_rate` Hz."""
+    waveform = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if waveform.ndim == 2:  # channels are the shorter axis
+        waveform = waveform.mean(dim=1 if waveform.shape[1] <= waveform.shape[0] else 0)
+    if waveform.ndim != 1 or waveform.numel() == 0:
+        raise MediaError(f"{name}: expected a 1-D or [T, C] waveform with samples, got shape {tuple(waveform.shape)}")
+    if not torch.isfinite(waveform).all():
+        raise MediaError(f"audio contains NaN or Inf: {name}")
+    if not sample_rate or sample_rate <= 0:
+        raise MediaError(f"{name}: no sampling rate")
+    return audio_input(waveform, int(sample_rate))
+
+
+def audio_input(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """`[3, 1, 128, 204]` of a mono waveform `[T]` float32 at `sample_rate` Hz: resampled to 16 kHz, 3 clips."""
     if sample_rate != AUDIO_SAMPLE_RATE:
         waveform = torchaudio.functional.resample(waveform, sample_rate, AUDIO_SAMPLE_RATE)
     duration = waveform.numel() / AUDIO_SAMPLE_RATE

@@ -14,25 +14,19 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ibdc_cli.data.manifest import Manifest, check_cell
-from ibdc_cli.data.preprocess import MediaError, load
+from ibdc_cli.data.manifest import Manifest
+from ibdc_cli.data.preprocess import MediaError
 from ibdc_cli.errors import IbdcError
 
 
 def check_row(manifest: Manifest, row: int, modalities: list[str]) -> None:
     """Raise MediaError naming `row` unless each of its `modalities` cells is usable as far as can be told
-    without decoding: present, of a known format and, for media, an existing file."""
-    for modality in modalities:
-        value = check_cell(manifest, row, modality)
-        if modality != "text":
-            path = Path(value) if Path(value).is_absolute() else manifest.base_dir / value
-            if not path.is_file():
-                raise MediaError(f"row {row}: {modality} file not found: {path}")
+    without decoding (`Manifest.check_row`: for a manifest, present, of a known format and, for media, an
+    existing file)."""
+    manifest.check_row(row, modalities)
 
 
 def usable_rows(manifest: Manifest, modalities: list[str], skip_bad: bool) -> tuple[list[int], list[dict]]:
@@ -58,13 +52,13 @@ def present_cells(manifest: Manifest, modalities: list[str], anchor: str) -> dic
     each modality on its own pairs with images), and such a row simply does not train that tower.
     """
     has: dict[str, list[bool]] = {m: [] for m in modalities}
-    for row, cells in enumerate(manifest.rows):
-        if not cells.get(anchor):
+    for row in range(len(manifest.rows)):
+        if not manifest.has(row, anchor):
             raise IbdcError(f"{manifest.path}: row {row} has an empty {anchor!r} cell; every row needs the anchor")
         for m in modalities:
-            has[m].append(bool(cells.get(m)))
+            has[m].append(manifest.has(row, m))
         try:
-            check_row(manifest, row, [m for m in modalities if cells.get(m)])
+            check_row(manifest, row, [m for m in modalities if manifest.has(row, m)])
         except MediaError as exc:
             raise IbdcError(f"{manifest.path}: {exc}") from None
     return has
@@ -82,9 +76,9 @@ class RowInputs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        cells = self.manifest.rows[row]
+        manifest = self.manifest
         try:
-            inputs = {m: load(m, cells[m], self.manifest.base_dir) for m in self.modalities if cells.get(m)}
+            inputs = {m: manifest.model_input(row, m) for m in self.modalities if manifest.has(row, m)}
         except MediaError as exc:
             return {"row": row, "error": str(exc)}
         return {"row": row, "inputs": inputs}

@@ -1,0 +1,129 @@
+"""`ibdc embed hf:...`: a Hugging Face dataset (save_to_disk folder, Parquet) gives the store its files'
+manifest gives, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import write_manifest, write_wav
+from PIL import Image
+
+from ibdc_cli.store import open_store
+
+datasets = pytest.importorskip("datasets")
+
+SMALL = ("--model", "imagebind_tiny", "--device", "cpu", "--workers", "0")
+
+
+@pytest.fixture
+def digits(tmp_path):
+    """fsdd-mnist in miniature: 6 rows of a 28x28 grey digit image and an 8 kHz spoken-digit-like WAV,
+    labels 0-2; as a CSV manifest and as a `datasets` DatasetDict saved to disk (train and test)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        image = tmp_path / f"img{i}.png"
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), mode="L").save(image)
+        audio = write_wav(tmp_path / f"snd{i}.wav", 0.3 + 0.1 * i, rate=8_000, freq=200.0 + 60 * i)
+        rows.append({"image": image.name, "audio": audio.name, "label": str([2, 0, 1][i % 3])})
+    manifest = write_manifest(tmp_path / "train.csv", rows)
+
+    from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    # Audio cells as their files' bytes, cast to Audio(): encoding audio through `datasets` needs torchcodec.
+    features = Features(
+        {
+            "img": ImageFeature(),
+            "speech": {"bytes": Value("binary"), "path": Value("string")},
+            "digit": ClassLabel(names=["0", "1", "2"]),
+        }
+    )
+    table = {
+        "img": [str(tmp_path / r["image"]) for r in rows],
+        "speech": [{"bytes": (tmp_path / r["audio"]).read_bytes(), "path": r["audio"]} for r in rows],
+        "digit": [int(r["label"]) for r in rows],
+    }
+    dataset = Dataset.from_dict(table, features=features).cast_column("speech", Audio())
+    DatasetDict({"train": dataset, "test": dataset.select([0, 1])}).save_to_disk(str(tmp_path / "ds"))
+    return tmp_path, manifest, dataset
+
+
+def _assert_same(a, b):
+    sa, sb = open_store(a), open_store(b)
+    assert sa.index["class_names"] == sb.index["class_names"] == ["0", "1", "2"]
+    assert sa.index["rows_per_class"] == sb.index["rows_per_class"]
+    ta, tb = sa.load(), sb.load()
+    for key in ("image", "audio", "labels", "row"):
+        assert torch.equal(ta[key], tb[key]), key
+
+
+HF_COLUMNS = ("--image-column", "img", "--audio-column", "speech", "--label-column", "digit")
+
+
+def test_hf_dataset_on_disk_gives_the_csv_store_bit_for_bit(digits, cli, monkeypatch):
+    root, manifest, dataset = digits
+    csv_run = cli("embed", manifest, "-m", "image,audio", "--out", root / "csv", *SMALL)
+    assert csv_run.code == 0, csv_run
+    hf_run = cli("embed", f"hf:{root / 'ds'}", "--split", "train", *HF_COLUMNS, "-m", "image,audio",
+                 "--out", root / "hf", *SMALL)  # fmt: skip
+    assert hf_run.code == 0, hf_run
+    _assert_same(root / "csv", root / "hf")
+    record = open_store(root / "hf").index["manifest"]
+    assert record["kind"] == "hf" and record["split"] == "train" and record["format"] == "save_to_disk"
+    assert record["path"] == str((root / "ds").resolve()) and record["rows"] == 6
+    assert record["fingerprint"] == record["sha256"] == datasets.load_from_disk(str(root / "ds"))["train"]._fingerprint
+    assert record["columns"] == {"image": "img", "audio": "speech", "label": "digit"}
+
+    # Parquet files of the same dataset: the same store again (its cache in tmp, not ~/.cache)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", root / "hf-cache")
+    (root / "pq").mkdir()
+    dataset.to_parquet(str(root / "pq" / "train-0.parquet"))
+    pq_run = cli("embed", f"hf:{root / 'pq'}/*.parquet", *HF_COLUMNS, "-m", "image,audio", "--out", root / "pq-store",
+                 *SMALL)  # fmt: skip
+    assert pq_run.code == 0, pq_run
+    _assert_same(root / "csv", root / "pq-store")
+    assert open_store(root / "pq-store").index["manifest"]["format"] == "parquet"
+
+    # --space input reads media from a manifest: an hf store says so (exit 2, one line), no traceback
+    condense = cli("condense", root / "hf", "-m", "image,audio", "--space", "input", "--dpc", "1",
+                   "--iterations", "1", "--out", root / "syn.safetensors", "--device", "cpu")  # fmt: skip
+    assert condense.code == 2 and "is a Hugging Face dataset, not a manifest" in condense.err, condense
+    assert "Traceback" not in condense.err and not (root / "syn.safetensors").exists()
+
+
+def test_hf_bad_input_exit_2_with_the_option_named(digits, cli):
+    root, manifest, _ = digits
+    ds = f"hf:{root / 'ds'}"
+    cases = [
+        ((ds, "-m", "image", "--image-column", "picture"), "no column 'picture' for image"),
+        ((ds, "-m", "image", "--split", "val", "--image-column", "img"), "no split 'val' (splits: train, test)"),
+        ((ds, "-m", "image"), "no column 'image' for image"),
+        ((f"hf:{root / 'nothing-here'}/*.parquet", "-m", "image"), "not a dataset saved with save_to_disk"),
+        ((manifest, "-m", "image", "--image-column", "img"), "--image-column is for hf: inputs"),
+    ]
+    for args, expect in cases:
+        result = cli("embed", *args, "--out", root / "bad", *SMALL)
+        assert result.code == 2 and expect in result.err, (args, result)
+        assert "Traceback" not in result.err and not (root / "bad").exists()
+
+
+def test_a_decoded_waveform_gives_the_files_audio_input(tmp_path):
+    from ibdc_cli.data.preprocess import load_audio, waveform_input
+
+    path = write_wav(tmp_path / "a.wav", 0.7, rate=22_050, channels=2, freq=330.0)
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    assert torch.equal(waveform_input(samples, rate), load_audio(path))
+    assert torch.equal(waveform_input(samples.T, rate), load_audio(path))  # channels first
+    assert torch.equal(load_audio(path, path.read_bytes()), load_audio(path))
+
+
+def test_ibdc_help_does_not_import_datasets():
+    import subprocess
+    import sys
+
+    code = "import sys; from ibdc_cli.cli import app; assert 'datasets' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

@@ -3,7 +3,8 @@
 A path that is a directory (or not a .safetensors file) is a store, anything else a synthetic set. The
 description is `report.describe_store` / `report.describe_synthetic`; `plot` adds a PNG
 (`visualize.plot_store` / `visualize.plot_synthetic_set`) and `export` writes a set's rows as files
-(`export.export_synthetic_set`), each adding its summary to the returned dict.
+(`export.export_synthetic_set`) or as a Hugging Face dataset / Parquet table (`export_hf.export_table`,
+`export_format`), each adding its summary to the returned dict.
 
 Example::
 
@@ -19,12 +20,16 @@ from typing import Any
 from ibdc_cli import report
 from ibdc_cli.errors import IbdcError
 
+EXPORT_FORMATS = ("files", "hf", "parquet")
+"""`--format` of `--export`: loose files (export.py), a Hugging Face dataset or a Parquet table (export_hf.py)."""
+
 
 def inspect_path(
     path: str | Path,
     *,
     plot: str | Path | None = None,
     export: str | Path | None = None,
+    export_format: str = "files",
     real: str | Path | None = None,
     projection: str | None = None,
     per_class: int | None = None,
@@ -37,11 +42,13 @@ def inspect_path(
     `real` (the store drawn against a set, default its recorded source store), `projection`, `per_class`
     (real rows per class) and `checkpoint` (the set's encoder weights, for input-space rows) shape the plot;
     None leaves `projection` and `per_class` at the plot's own defaults. `overwrite` replaces an existing
-    `plot` file or `export` directory.
+    `plot` file or `export` directory. `export_format` is one of `EXPORT_FORMATS`.
     """
     path = Path(path)
     is_store = path.is_dir() or path.suffix != ".safetensors"
     info = report.describe_store(path) if is_store else report.describe_synthetic(path)
+    if export_format not in EXPORT_FORMATS:
+        raise IbdcError(f"--format {export_format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
     if export is not None and is_store:
         raise IbdcError(f"--export writes the rows of a synthetic set; {path} is an embedding store")
     if real is not None and (is_store or plot is None):
@@ -57,8 +64,12 @@ def inspect_path(
             info["plot"] = visualize.plot_synthetic_set(
                 path, plot, real=real, checkpoint=checkpoint, overwrite=overwrite, **options
             )
-    if export is not None:
+    if export is not None and export_format == "files":
         from ibdc_cli.export import export_synthetic_set
 
         info["export"] = export_synthetic_set(path, export, overwrite=overwrite)
+    elif export is not None:
+        from ibdc_cli.export_hf import export_table
+
+        info["export"] = export_table(path, export, format=export_format, overwrite=overwrite)
     return info

@@ -342,8 +342,21 @@ def inspect(
         int, typer.Option("--real-per-class", help="At most this many real rows per class in --plot (drawn at random).")
     ] = 200,
     checkpoint: CheckpointOpt = None,
+    map_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--map-embeddings",
+            help="An [N, D] .npy file of your own embeddings (from the set's encoder) to map into the set's "
+            "space, where its rows train heads; written to --out. Needs --modality.",
+            metavar="IN.npy",
+        ),
+    ] = None,
+    modality: Annotated[str | None, typer.Option("--modality", help="The modality of --map-embeddings.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where --map-embeddings writes the mapped rows.", metavar="OUT.npy")
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --plot file or --export directory.")
+        bool, typer.Option("--overwrite", help="Replace an existing --plot file, --export directory or --out file.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -360,6 +373,8 @@ def inspect(
     Example: ibdc inspect syn.safetensors --export syn-files/
 
     Example: ibdc inspect syn.safetensors --export syn-hf/ --format hf
+
+    Example: ibdc inspect syn.safetensors --map-embeddings mine.npy --modality audio --out mine-mapped.npy
     """
     from ibdc_cli import report
     from ibdc_cli.inspect import inspect_path
@@ -374,6 +389,9 @@ def inspect(
         per_class=real_per_class,
         checkpoint=checkpoint,
         overwrite=overwrite,
+        map_embeddings=map_embeddings,
+        modality=modality,
+        map_out=out,
     )
     if as_json:
         _print_json(info)
@@ -391,6 +409,9 @@ def inspect(
         what = {"hf": "Hugging Face dataset", "parquet": "Parquet table train.parquet"}[export_format]
         columns = ", ".join(info["export"]["columns"])
         print(f"wrote {export}/ ({what}: {info['export']['rows']} rows; columns {columns}; metadata in ibdc.json)")
+    if map_embeddings is not None:
+        mapped = info["mapped"]
+        print(f"wrote {out} ({mapped['rows']} {modality} rows in the set's space, [N, {mapped['dim']}] float32)")
 
 
 @app.command()

@@ -247,3 +247,26 @@ def test_help_imports_neither_datasets_nor_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_cli_maps_a_users_embeddings_into_the_sets_space(condensed, tmp_path, cli):
+    path, _ = condensed
+    mine, _ = unit_rows(3, seed=9)
+    np.save(tmp_path / "mine.npy", mine["image"].numpy())
+    out = tmp_path / "mapped.npy"
+    args = ["inspect", path, "--map-embeddings", tmp_path / "mine.npy", "--modality", "image", "--out", out]
+    result = cli(*args)
+    assert result.code == 0 and f"wrote {out} (9 image rows" in result.out, result
+    expected = SyntheticSet.load(path).map("image", mine["image"])
+    assert np.array_equal(np.load(out), expected.numpy())
+    again = cli(*args)
+    assert again.code == 2 and "--overwrite" in again.err, again
+    np.save(tmp_path / "ints.npy", np.zeros((2, DIM), dtype=np.int64))
+    for extra, message in (
+        (["--map-embeddings", tmp_path / "mine.npy", "--modality", "image"], "needs --modality and --out"),
+        (["--map-embeddings", tmp_path / "ints.npy", "--modality", "image", "--out", tmp_path / "b.npy"], "int64"),
+        (["--map-embeddings", tmp_path / "no.npy", "--modality", "image", "--out", tmp_path / "b.npy"], "no.npy"),
+    ):
+        result = cli("inspect", path, *extra)
+        assert result.code == 2 and message in result.err, result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ints.npy", "mapped.npy", "mine.npy"]

@@ -205,10 +205,8 @@ def _vectors(values: np.ndarray, dim: int, mask: np.ndarray | None = None):
     import pyarrow as pa
 
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    column = pa.FixedSizeListArray.from_arrays(flat, dim)
-    if mask is not None and mask.any():
-        column = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(mask))
-    return column
+    nulls = pa.array(mask) if mask is not None and mask.any() else None
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=nulls)
 
 
 def _media(blobs: list[bytes], paths: list[str]):

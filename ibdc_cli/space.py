@@ -10,6 +10,10 @@
 mu_m is the store's mean of modality m and W_m = C_m^(-1/2), with C_m the store's covariance shrunk
 towards a multiple of the identity by the Ledoit–Wolf estimate (no knob to tune).
 
+The maps forget a row's norm, so they are inverted only up to it: `SpaceMap.invert` gives the row of a
+known norm (1 for unit-norm encoders) that maps to a given one (`inspect --export --format hf`'s
+`<m>_encoder` columns).
+
 Why: a randomly initialised ImageBind tower maps every input close to one direction (on av-digits with
 imagebind_tiny the mean cosine between image embeddings is 0.996), and even after centring the classes
 differ along low-variance directions (the nearest class mean scores ~20 %). Characteristic functions

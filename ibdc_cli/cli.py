@@ -330,11 +330,22 @@ def inspect(
         Path | None,
         typer.Option(
             "--export",
-            help="Write a synthetic set's rows as files into this new directory: images as PNG plus a grid, "
-            "audio as spectrogram PNG and WAV (approximate inverse of the mel fbank), embeddings as .npy, "
-            "labels.csv and index.csv.",
+            help="Write a synthetic set's rows into this new directory (--format chooses how); as files: images "
+            "as PNG plus a grid, audio as spectrogram PNG and WAV (approximate inverse of the mel fbank), "
+            "embeddings as .npy, labels.csv and index.csv.",
         ),
     ] = None,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="What --export writes: files (PNG, WAV, .npy, CSV), hf (a Hugging Face dataset, save_to_disk: "
+            "label, each modality's rows as stored and mapped back to the encoder's space, images and audio as "
+            "Image/Audio) or parquet (the same table as train.parquet); hf and parquet add ibdc.json.",
+            metavar="[files|hf|parquet]",
+            autocompletion=_completer(("files", "hf", "parquet")),
+        ),
+    ] = "files",
     real: Annotated[
         Path | None,
         typer.Option("--real", help="The real store drawn with --plot (default: the set's recorded source store)."),
@@ -350,21 +361,39 @@ def inspect(
         int, typer.Option("--real-per-class", help="At most this many real rows per class in --plot (drawn at random).")
     ] = 200,
     checkpoint: CheckpointOpt = None,
+    map_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--map-embeddings",
+            help="An [N, D] .npy file of your own embeddings (from the set's encoder) to map into the set's "
+            "space, where its rows train heads; written to --out. Needs --modality.",
+            metavar="IN.npy",
+        ),
+    ] = None,
+    modality: Annotated[str | None, typer.Option("--modality", help="The modality of --map-embeddings.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where --map-embeddings writes the mapped rows.", metavar="OUT.npy")
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --plot file or --export directory.")
+        bool, typer.Option("--overwrite", help="Replace an existing --plot file, --export directory or --out file.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a synthetic set (method, settings, loss curve, how to reproduce it) or an embedding store.
 
     With --plot, also draw it (input-space rows are embedded with the set's encoder; --checkpoint names
-    its weights if they moved); with --export, also write its rows as PNG, WAV, .npy and CSV files.
+    its weights if they moved); with --export, also write its rows as PNG, WAV, .npy and CSV files, or
+    (--format hf|parquet) as a Hugging Face dataset or a Parquet table.
 
     Example: ibdc inspect syn.safetensors
 
     Example: ibdc inspect syn.safetensors --plot syn.png --projection tsne
 
     Example: ibdc inspect syn.safetensors --export syn-files/
+
+    Example: ibdc inspect syn.safetensors --export syn-hf/ --format hf
+
+    Example: ibdc inspect syn.safetensors --map-embeddings mine.npy --modality audio --out mine-mapped.npy
     """
     from ibdc_cli import report
     from ibdc_cli.inspect import inspect_path
@@ -373,11 +402,15 @@ def inspect(
         path,
         plot=plot,
         export=export,
+        export_format=export_format,
         real=real,
         projection=projection,
         per_class=real_per_class,
         checkpoint=checkpoint,
         overwrite=overwrite,
+        map_embeddings=map_embeddings,
+        modality=modality,
+        map_out=out,
     )
     if as_json:
         _print_json(info)
@@ -388,9 +421,16 @@ def inspect(
         report.print_synthetic(info)
     if plot is not None:
         print(f"wrote plot {plot} (panels: {', '.join(info['plot']['panels'])}; {projection})")
-    if export is not None:
+    if export is not None and export_format == "files":
         kinds = ", ".join(f"{n} {kind}" for kind, n in info["export"]["kinds"].items())
         print(f"wrote {export}/ ({kinds}; list in index.csv)")
+    elif export is not None:
+        what = {"hf": "Hugging Face dataset", "parquet": "Parquet table train.parquet"}[export_format]
+        columns = ", ".join(info["export"]["columns"])
+        print(f"wrote {export}/ ({what}: {info['export']['rows']} rows; columns {columns}; metadata in ibdc.json)")
+    if map_embeddings is not None:
+        mapped = info["mapped"]
+        print(f"wrote {out} ({mapped['rows']} {modality} rows in the set's space, [N, {mapped['dim']}] float32)")
 
 
 @app.command()

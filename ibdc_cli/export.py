@@ -1,4 +1,4 @@
-"""Exports for `ibdc inspect FILE --export DIR`: a synthetic set as ordinary files.
+"""Exports for `ibdc inspect FILE --export DIR` (`--format files`): a synthetic set as ordinary files.
 
     DIR/image/0003-eight.png       input-space images, ImageBind's CLIP normalisation undone
     DIR/image_grid.png             classes x examples (the paper's Fig. 5); also for audio, depth, thermal
@@ -11,8 +11,9 @@
     DIR/labels.csv                 row, label, class_name
     DIR/index.csv                  every exported file: file, modality, kind, row, label, class_name
 
-Everything is written into a hidden temp directory next to DIR and renamed to DIR at the end, so an
-error never leaves half an export behind.
+Everything is written into a hidden temp directory next to DIR and renamed to DIR at the end
+(`write_directory`, which the Hugging Face and Parquet exports of `export_hf` use too), so an error
+never leaves half an export behind.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -66,6 +68,7 @@ GRID_MIN_WIDTH_INCHES = 4.5  # room for the title when there are only one or two
 DPI = 100
 SPACE_MAP_TENSORS = ("center", "whiten")  # the map into the space the set lives in, see ibdc_cli/space.py
 INDEX_COLUMNS = ("file", "modality", "kind", "row", "label", "class_name")
+T = TypeVar("T")
 
 
 def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -73,8 +76,24 @@ def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool =
 
     Returns a JSON-ready summary: the directory, the number of files per kind, and the modalities.
     """
-    path, out = Path(path), Path(out)
     synthetic = SyntheticSet.load(path)
+    index = write_directory(out, lambda work: write_export(synthetic, work), overwrite=overwrite)
+    kinds: dict[str, int] = {}
+    for entry in index:
+        kinds[entry["kind"]] = kinds.get(entry["kind"], 0) + 1
+    return {
+        "export": str(out),
+        "format": "files",
+        "files": len(index) + 1,
+        "kinds": kinds,
+        "modalities": synthetic.modalities,
+    }
+
+
+def write_directory(out: str | Path, write: Callable[[Path], T], *, overwrite: bool = False) -> T:
+    """`write(work)` into a hidden temp directory next to the new directory `out`, renamed to `out` once
+    it returns (an existing `out` is replaced only with `overwrite`); on any error nothing is left."""
+    out = Path(out)
     if out.exists() and not (overwrite and out.is_dir()):
         hint = "pass --overwrite to replace it" if out.is_dir() else "it is a file"
         raise IbdcError(f"--export {out} exists; choose another directory or {hint}")
@@ -82,15 +101,12 @@ def export_synthetic_set(path: str | Path, out: str | Path, *, overwrite: bool =
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         _make_public(work)
-        index = write_export(synthetic, work)
+        result = write(work)
         _replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    kinds: dict[str, int] = {}
-    for entry in index:
-        kinds[entry["kind"]] = kinds.get(entry["kind"], 0) + 1
-    return {"export": str(out), "files": len(index) + 1, "kinds": kinds, "modalities": synthetic.modalities}
+    return result
 
 
 def write_export(synthetic: SyntheticSet, out: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,10 @@
 mu_m is the store's mean of modality m and W_m = C_m^(-1/2), with C_m the store's covariance shrunk
 towards a multiple of the identity by the Ledoit–Wolf estimate (no knob to tune).
 
+The maps forget a row's norm, so they are inverted only up to it: `SpaceMap.invert` gives the row of a
+known norm (1 for unit-norm encoders) that maps to a given one (`inspect --export --format hf`'s
+`<m>_encoder` columns).
+
 Why: a randomly initialised ImageBind tower maps every input close to one direction (on av-digits with
 imagebind_tiny the mean cosine between image embeddings is 0.996), and even after centring the classes
 differ along low-variance directions (the nearest class mean scores ~20 %). Characteristic functions
@@ -46,6 +50,43 @@ class SpaceMap:
         if self.whitening is not None:
             y = y @ self.whitening.to(x.device, x.dtype)
         return F.normalize(y, dim=-1)
+
+    def invert(self, y: torch.Tensor, norm: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder-space rows `x` `[M, D]` of norm `norm` that this map sends to the unit rows `y` `[M, D]`,
+        and `[M]` bool: which rows have one (the others are NaN).
+
+        `normalize` forgets the norm of `(x - c) W`, so `x` is only known up to a ray: `(x - c) W = t y`
+        for some t > 0, i.e. `x = c + t v` with `v = y W^-1` (`W` is invertible: C^(-1/2) with C's
+        eigenvalues clamped above 0). Real embeddings have a known norm r (1 for ibdc's encoders, which
+        unit-normalise), and `||c + t v||^2 = r^2` is the quadratic
+        `||v||^2 t^2 + 2 (c.v) t + (||c||^2 - r^2) = 0`. When `||c|| < r` (always for unit rows: c is a
+        mean of them) its roots have opposite signs and the positive one is the answer; when `||c|| >= r`
+        there are two positive roots or none (the larger is taken; none: the row is NaN and not found).
+        Computed in float64; `self(x)` gives `y` back to float32 precision (tests/test_export_hf.py).
+        """
+        y64 = y.double()
+        c = self.center.double().to(y.device)
+        v = y64 if self.whitening is None else torch.linalg.solve(self.whitening.double().to(y.device).T, y64.T).T
+        a = v.pow(2).sum(-1)
+        b = v @ c  # c.v per row
+        gap = norm**2 - float(c @ c)  # r^2 - ||c||^2
+        discriminant = b.pow(2) + a * gap
+        root = discriminant.clamp_min(0).sqrt()
+        # the larger root (-b + root) / a; where b > 0 and gap > 0 the same value without cancellation
+        t = torch.where((b > 0) & (gap > 0), gap / (b + root), (root - b) / a)
+        found = (discriminant >= 0) & (t > 0) & (a > 0)
+        x = c + t[:, None] * v
+        x[~found] = float("nan")
+        return x.to(y.dtype), found
+
+    def encoder_norm(self) -> float:
+        """The root-mean-square norm of the rows this map was fitted on, where the map records it: with a
+        whitening W = C^(-1/2), E||x||^2 = ||c||^2 + tr C, and Ledoit–Wolf shrinkage keeps tr C (the
+        trace of the sample covariance). Without one (`center`), nothing records the norm: 1."""
+        if self.whitening is None:
+            return 1.0
+        eigenvalues = torch.linalg.eigvalsh(self.whitening.double())
+        return float(self.center.double().pow(2).sum() + eigenvalues.pow(-2).sum()) ** 0.5
 
     def to(self, device: torch.device | str) -> SpaceMap:
         whitening = None if self.whitening is None else self.whitening.to(device)
@@ -116,3 +157,13 @@ def space_maps_of_set(tensors: dict[str, torch.Tensor], modalities: list[str]) -
 def map_embeddings(x: torch.Tensor, space_map: SpaceMap | None) -> torch.Tensor:
     """`x` in the condensation space: `space_map(x)`, or unit-normalised `x` when there is no map."""
     return F.normalize(x, dim=-1) if space_map is None else space_map(x)
+
+
+def invert_embeddings(
+    y: torch.Tensor, space_map: SpaceMap | None, norm: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows `x` `[M, D]` of norm `norm` with `map_embeddings(x, space_map) == y` for unit rows `y` `[M, D]`,
+    and `[M]` bool: which have one (`SpaceMap.invert`). Without a map, `x = norm * y` (all found)."""
+    if space_map is None:
+        return norm * y, torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+    return space_map.invert(y, norm)

@@ -12,6 +12,7 @@ Example::
     synthetic.method, synthetic.dpc, synthetic.modalities     # 'imagebinddc', 10, ['audio', 'image']
     synthetic.check_against(open_store("stores/test"))         # IbdcError naming what differs
     embeddings = synthetic.embeddings()                        # {m: [M, D]}, in the set's space
+    mine = synthetic.map("audio", my_audio_embeddings)         # [N, D] -> [N, D], in the set's space too
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from ibdc_cli.encoders.imagebind import Encoder, build_model, load_encoder, resolve_checkpoint, same_encoder
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.runtime import autocast
-from ibdc_cli.space import SpaceMap, map_embeddings, space_maps_of_set
+from ibdc_cli.space import SpaceMap, invert_embeddings, map_embeddings, space_maps_of_set
 from ibdc_cli.store import Store, file_sha256, load_synthetic_set
 
 EMBED_BATCH = 64  # model inputs embedded per forward pass
@@ -158,6 +159,54 @@ class SyntheticSet:
             raise IbdcError(f"store {store.path} has class {unknown[0]!r}, which the synthetic set does not have")
         mapping = torch.tensor([class_names.index(n) for n in store.class_names], dtype=torch.long)
         return mapping[labels.long()]
+
+    # ------------------------------------------------------------------------------- the space
+
+    def map(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """`[N, D]` embeddings of `modality` (made by the set's encoder) mapped into the set's space.
+
+        That is the space the set's rows live in and its heads are trained in: `ibdc evaluate` maps a
+        test store's rows this way (`center.<m>`, `whiten.<m>`: `space.map_embeddings`), so a head trained
+        on `tensors[modality]` and `labels` classifies `map(modality, x)`. `x` is a tensor or an array;
+        the result is float32, one unit row per row of `x`.
+        """
+        self._check_holds([modality])
+        x = torch.as_tensor(x)
+        if x.ndim != 2 or not x.is_floating_point():
+            raise IbdcError(
+                f"{modality} embeddings to map must be one [N, D] float matrix, not {x.dtype} {tuple(x.shape)}"
+            )
+        dim = self.embedding_dim(modality)
+        if dim is not None and x.shape[1] != dim:
+            raise IbdcError(f"{modality} embeddings have dimension {x.shape[1]}, but the set's are {dim}-dimensional")
+        if not bool(torch.isfinite(x).all()):
+            raise IbdcError(f"the {modality} embeddings to map hold NaN or Inf")
+        return map_embeddings(x.float(), self.space_maps.get(modality))
+
+    def embedding_dim(self, modality: str) -> int | None:
+        """D of `modality`'s embeddings: its rows' width, or (model inputs) its space map's, else the encoder's."""
+        if modality not in self.input_modalities([modality]):
+            return int(self.tensors[modality].shape[-1])
+        space_map = self.space_maps.get(modality)
+        return int(space_map.center.shape[0]) if space_map is not None else self.encoder.get("out_dim")
+
+    def encoder_norm(self, modality: str) -> float:
+        """The norm of the encoder's `modality` embeddings: 1 where the encoder record says it unit-normalises
+        (ibdc's ImageBind presets), else the space map's record of it (`SpaceMap.encoder_norm`; 1 without)."""
+        space_map = self.space_maps.get(modality)
+        if self.encoder.get("normalized") or space_map is None:
+            return 1.0
+        return space_map.encoder_norm()
+
+    def encoder_rows(self, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The set's embedding rows of `modality` mapped back into the encoder's own space: `[M, D]` rows
+        `x` of norm `encoder_norm(modality)` with `map(modality, x) == tensors[modality]`, and `[M]` bool,
+        which rows have such an x (others are NaN). See `SpaceMap.invert` for the maths and its limits."""
+        self._check_holds([modality])
+        if modality in self.input_modalities([modality]):
+            raise IbdcError(f"{self.path}: its {modality!r} rows are model inputs, not embeddings")
+        y = self.tensors[modality].float()
+        return invert_embeddings(y, self.space_maps.get(modality), self.encoder_norm(modality))
 
     # ------------------------------------------------------------------------------- embeddings
 

@@ -197,3 +197,23 @@ def test_sets_of_other_configurations_are_refused(digits, seed_sets, tmp_path, c
     assert result.code == 2 and "--seed 0" in result.err, result
     result = cli("evaluate", seed_sets[0], seed_sets[0], "--test", digits["test"], "--seeds", 1, "--epochs", 1)
     assert result.code == 2 and "given twice" in result.err, result
+
+
+def test_what_a_run_records_about_itself_does_not_split_a_configuration(digits, seed_sets, tmp_path):
+    """Two runs of one configuration differ in timings and memory (never equal on a busy machine): still one."""
+    from ibdc_cli.errors import IbdcError
+    from ibdc_cli.evaluation.protocol import load_sets
+    from ibdc_cli.store import load_synthetic_set, save_synthetic_set
+
+    tensors, meta = load_synthetic_set(seed_sets[0])
+    meta.update(seed=7, wall_time_s=meta["wall_time_s"] + 3.0, peak_memory_mib=meta["peak_memory_mib"] + 100)
+    meta["settings"]["seed"] = 7
+    meta["seconds_per_class"] = {k: v + 0.5 for k, v in meta["seconds_per_class"].items()}
+    meta["peak_memory_mib_per_process"] = [m + 10 for m in meta["peak_memory_mib_per_process"]]
+    rerun = tmp_path / "rerun.safetensors"
+    save_synthetic_set(rerun, tensors, meta)
+    assert [s.path for s in load_sets([seed_sets[0], rerun])] == [seed_sets[0], rerun]
+    meta["dpc"] = meta["settings"]["dpc"] = 3  # but a setting still does
+    save_synthetic_set(rerun, tensors, meta)
+    with pytest.raises(IbdcError, match="--dpc 3"):
+        load_sets([seed_sets[0], rerun])

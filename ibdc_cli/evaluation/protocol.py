@@ -47,6 +47,8 @@ PER_RUN_FIELDS = (
     "final_loss",
     "wall_time_s",
     "peak_memory_mib",
+    "peak_memory_mib_per_process",
+    "seconds_per_class",
     "created",
     "command",
     "ibdc_version",

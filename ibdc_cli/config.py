@@ -420,7 +420,7 @@ class EmbedConfig(Config):
 
     manifest: str = option(
         help="CSV or JSONL manifest: a column per modality, label, optional id; or hf:DATASET (a save_to_disk "
-        "folder, Parquet files, or a Hub name).",
+        "folder, Parquet files, or a Hub name); or wds:SHARDS (a folder of .tar, NAME-{000..009}.tar, a glob).",
         kind="input",
         argument=True,
     )
@@ -429,15 +429,42 @@ class EmbedConfig(Config):
     split: str | None = option(
         None, "hf: the split to embed (default: the only one, else train).", kind="input", metavar="NAME"
     )
-    image_column: str | None = option(None, "hf: the image column (default: image).", kind="input", metavar="NAME")
-    audio_column: str | None = option(None, "hf: the audio column (default: audio).", kind="input", metavar="NAME")
-    text_column: str | None = option(None, "hf: the text column (default: text).", kind="input", metavar="NAME")
-    depth_column: str | None = option(None, "hf: the depth column (default: depth).", kind="input", metavar="NAME")
+    image_column: str | None = option(
+        None,
+        "hf: the image column (default: image); wds: its member extension (default: docs/commands/embed.md).",
+        kind="input",
+        metavar="NAME",
+    )
+    audio_column: str | None = option(
+        None,
+        "hf: the audio column (default: audio); wds: its member extension (default: docs/commands/embed.md).",
+        kind="input",
+        metavar="NAME",
+    )
+    text_column: str | None = option(
+        None,
+        "hf: the text column (default: text); wds: its member extension (default: docs/commands/embed.md).",
+        kind="input",
+        metavar="NAME",
+    )
+    depth_column: str | None = option(
+        None,
+        "hf: the depth column (default: depth); wds: its member extension (default: docs/commands/embed.md).",
+        kind="input",
+        metavar="NAME",
+    )
     thermal_column: str | None = option(
-        None, "hf: the thermal column (default: thermal).", kind="input", metavar="NAME"
+        None,
+        "hf: the thermal column (default: thermal); wds: its member extension (default: docs/commands/embed.md).",
+        kind="input",
+        metavar="NAME",
     )
     label_column: str | None = option(
-        None, "hf: the label column (default: label when there is one; else no labels).", kind="input", metavar="NAME"
+        None,
+        "hf: the label column (default: label when there is one; else no labels); wds: its member extension "
+        "(default: cls, label).",
+        kind="input",
+        metavar="NAME",
     )
     model: Model = model_option()
     checkpoint: str | None = checkpoint_option()

@@ -65,6 +65,7 @@ def watch(command: list[str], env: dict[str, str], log: Path) -> dict:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         peaks: dict[int, float] = {}
         launchers: set[int] = set()
+        others: set[int] = set()  # short-lived helpers a library starts (not ibdc processes)
         parent = psutil.Process(process.pid)
         while process.poll() is None:
             try:
@@ -73,8 +74,12 @@ def watch(command: list[str], env: dict[str, str], log: Path) -> dict:
                 family = []
             for p in family:
                 try:
-                    if p.pid not in peaks and "torch.distributed.run" in " ".join(p.cmdline()):
-                        launchers.add(p.pid)
+                    if p.pid not in peaks:
+                        cmdline = " ".join(p.cmdline())
+                        if "torch.distributed.run" in cmdline:
+                            launchers.add(p.pid)
+                        elif "ibdc_cli" not in cmdline:
+                            others.add(p.pid)
                     with open(f"/proc/{p.pid}/status") as status:
                         hwm = next(line for line in status if line.startswith("VmHWM"))
                     peaks[p.pid] = max(peaks.get(p.pid, 0.0), int(hwm.split()[1]) / 2**20)
@@ -84,7 +89,7 @@ def watch(command: list[str], env: dict[str, str], log: Path) -> dict:
     wall = time.time() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    workers = [round(peak, 2) for pid, peak in sorted(peaks.items()) if pid not in launchers]
+    workers = [round(peak, 2) for pid, peak in sorted(peaks.items()) if pid not in launchers | others]
     launcher = [round(peaks[pid], 2) for pid in sorted(launchers)]
     return {"wall_s": round(wall, 1), "peak_rss_gib": workers, "launcher_peak_rss_gib": launcher}
 

@@ -27,7 +27,6 @@ import sys
 import time
 import typing
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -561,28 +560,13 @@ def _input_space_encoder(store: Store, config: CondenseConfig, device):
 
 
 def _real_inputs(store: Store, config: CondenseConfig, rows: torch.Tensor, modalities: list[str]):
-    """Preprocessed model inputs `{m: [n, *input shape]}` of the manifest rows `rows` (for init and selections)."""
-    from ibdc_cli.data.preprocess import load
+    """Preprocessed model inputs `{m: [n, *input shape]}` of the store rows `rows` (for init and selections),
+    read again from the source the store records (`data.sources`), or from `--manifest`."""
+    from ibdc_cli.data.sources import open_source
 
-    manifest_path = Path(config.manifest or store.index["manifest"]["path"])
-    if not manifest_path.exists():
-        raise IbdcError(f"--space input needs the training manifest: {manifest_path} not found (pass --manifest)")
-    expected = store.index["manifest"]["sha256"]
-    # keyed on the file's mtime too, so an edited manifest is read (and checked) again
-    key = (str(manifest_path), manifest_path.stat().st_mtime_ns, tuple(modalities), expected, str(store.path))
-    manifest = _training_manifest(*key)
-    return {m: torch.stack([load(m, manifest.rows[int(r)][m], manifest.base_dir) for r in rows]) for m in modalities}
-
-
-@lru_cache(maxsize=4)
-def _training_manifest(path: str, mtime_ns: int, modalities: tuple[str, ...], sha256: str, store_path: str):
-    """The store's training manifest, read and checked once per run rather than once per class."""
-    from ibdc_cli.data.manifest import read_manifest
-
-    manifest = read_manifest(path, list(modalities), require_label=False)
-    if manifest.sha256 != sha256:
-        raise IbdcError(f"manifest {path} is not the one store {store_path} was made from (SHA-256 differs)")
-    return manifest
+    source = open_source(store.index.get("manifest") or {}, modalities, config.manifest, str(store.path))
+    read = dict(source.inputs([int(r) for r in rows], modalities))
+    return {m: torch.stack([read[int(r)][m] for r in rows]) for m in modalities}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import soundfile
 import torch
 from conftest import write_manifest, write_wav
 from PIL import Image
+from safetensors.torch import load_file
 
 from ibdc_cli.store import open_store
 
@@ -87,11 +88,15 @@ def test_hf_dataset_on_disk_gives_the_csv_store_bit_for_bit(digits, cli, monkeyp
     _assert_same(root / "csv", root / "pq-store")
     assert open_store(root / "pq-store").index["manifest"]["format"] == "parquet"
 
-    # --space input reads media from a manifest: an hf store says so (exit 2, one line), no traceback
-    condense = cli("condense", root / "hf", "-m", "image,audio", "--space", "input", "--dpc", "1",
-                   "--iterations", "1", "--out", root / "syn.safetensors", "--device", "cpu")  # fmt: skip
-    assert condense.code == 2 and "is a Hugging Face dataset, not a manifest" in condense.err, condense
-    assert "Traceback" not in condense.err and not (root / "syn.safetensors").exists()
+    # --space input reads the rows' media again from the dataset the store records: the CSV store's set
+    sets = {}
+    for name in ("csv", "hf"):
+        sets[name] = root / f"syn-{name}.safetensors"
+        condense = cli("condense", root / name, "-m", "image,audio", "--space", "input", "--dpc", "1",
+                       "--iterations", "1", "--out", sets[name], "--device", "cpu")  # fmt: skip
+        assert condense.code == 0, condense
+    a, b = load_file(sets["csv"]), load_file(sets["hf"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_hf_bad_input_exit_2_with_the_option_named(digits, cli):
@@ -102,7 +107,7 @@ def test_hf_bad_input_exit_2_with_the_option_named(digits, cli):
         ((ds, "-m", "image", "--split", "val", "--image-column", "img"), "no split 'val' (splits: train, test)"),
         ((ds, "-m", "image"), "no column 'image' for image"),
         ((f"hf:{root / 'nothing-here'}/*.parquet", "-m", "image"), "not a dataset saved with save_to_disk"),
-        ((manifest, "-m", "image", "--image-column", "img"), "--image-column is for hf: inputs"),
+        ((manifest, "-m", "image", "--image-column", "img"), "--image-column is for hf: and wds: inputs"),
     ]
     for args, expect in cases:
         result = cli("embed", *args, "--out", root / "bad", *SMALL)

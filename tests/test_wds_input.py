@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ibdc_cli.store import open_store
 
@@ -67,6 +68,36 @@ def test_shards_give_the_manifest_store_bit_for_bit(media_manifest, tmp_path, cl
     assert [s["samples"] for s in record["shards"]] == [4, 4, 4]
     assert [s["sha256"] for s in record["shards"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in shards]
     assert open_store(out).index["class_names"] == ["bird", "cat", "dog"]
+
+    # --space input and the convnet protocol read the rows' media again from the recorded shards
+    sets = {}
+    for name, store in (("csv", tmp_path / "csv"), ("wds", out)):
+        sets[name] = tmp_path / f"syn-{name}.safetensors"
+        condense = cli("condense", store, "-m", "image,audio", "--space", "input", "--dpc", "1", "--iterations", "1",
+                       "--out", sets[name], "--device", "cpu")  # fmt: skip
+        assert condense.code == 0, condense
+    a, b = load_file(sets["csv"]), load_file(sets["wds"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    scores = []
+    for store in (tmp_path / "csv", out):
+        result = cli("evaluate", sets["csv"], "--test", store, "--train", store, "--protocol", "convnet",
+                     "--seeds", "1", "--epochs", "2", "--json")  # fmt: skip
+        assert result.code == 0, result
+        report = json.loads(result.out)
+        scores.append((report["mean"], report["whole_mean"]))
+    assert scores[0] == scores[1]
+    moved = tmp_path / "moved"
+    (tmp_path / "shards").rename(moved)  # the recorded shards are gone: say so, or read the copy named
+    result = cli("condense", out, "-m", "image", "--space", "input", "--dpc", "1", "--iterations", "1",
+                 "--out", tmp_path / "x.safetensors", "--device", "cpu")  # fmt: skip
+    assert result.code == 2 and "not found; pass the shards with --manifest wds:" in result.err, result
+    result = cli("condense", out, "-m", "image", "--space", "input", "--dpc", "1", "--iterations", "1",
+                 "--out", tmp_path / "x.safetensors", "--device", "cpu", "--manifest", f"wds:{moved}")  # fmt: skip
+    assert result.code == 0, result
+    (moved / "train-000000.tar").write_bytes((moved / "train-000001.tar").read_bytes())
+    result = cli("condense", out, "-m", "image", "--space", "input", "--dpc", "1", "--iterations", "1",
+                 "--out", tmp_path / "y.safetensors", "--device", "cpu", "--manifest", f"wds:{moved}")  # fmt: skip
+    assert result.code == 2 and "SHA-256 differs" in result.err, result
 
 
 def test_two_process_wds_embed_equals_one_process(media_manifest, tmp_path):
@@ -163,7 +194,8 @@ def test_skip_bad_skips_the_sample_and_records_its_key(media_manifest, tmp_path,
     result = cli("embed", f"wds:{shards}", "-m", "image", "--skip-bad", "--out", tmp_path / "s", *FAST)
     assert result.code == 0, result
     store = open_store(tmp_path / "s")
-    assert store.load()["row"].tolist() == [0, 2] and store.load()["labels"].tolist() == [0, 0] and store.index["class_names"] == ["cat", "dog"]
+    assert store.load()["row"].tolist() == [0, 2] and store.load()["labels"].tolist() == [0, 0]
+    assert store.index["class_names"] == ["cat", "dog"]  # the skipped sample still names its class
     skipped = store.index["skipped"]
     assert [(s["row"], s["key"]) for s in skipped] == [(1, "k1")], skipped
     assert json.loads(json.dumps(store.index["manifest"]))["rows"] == 3

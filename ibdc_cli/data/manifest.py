@@ -85,10 +85,7 @@ def parse_modalities(text: str | list[str]) -> list[str]:
 
 def _read_records(path: Path) -> list[dict[str, str]]:
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-        raise IbdcError(
-            f"{path} is a Hugging Face dataset, not a manifest: what reads media rows again (--space input, "
-            "--protocol convnet) needs a CSV or JSONL manifest; embed one of the same files for that"
-        )
+        raise IbdcError(f"{path} is a Hugging Face dataset, not a manifest: name it hf:{path}")
     if not path.is_file():
         raise IbdcError(f"manifest not found: {path}")
     suffix = path.suffix.lower()

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ibdc_cli.data.manifest import read_manifest
-from ibdc_cli.data.preprocess import INPUT_SHAPES, load
+from ibdc_cli.data.preprocess import INPUT_SHAPES
+from ibdc_cli.data.sources import MediaRows, open_source
 from ibdc_cli.encoders.convnet import ConvNet
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.evaluation.protocol import Features, Protocol
@@ -218,45 +218,18 @@ def store_inputs(
     labels `[N]` mapped to the synthetic set's class ids by name, and the manifest's path."""
     data = store.load([])
     labels, rows = synthetic.store_class_ids(store, data["labels"]), data["row"]
-    recorded = store.index.get("manifest") or {}
-    path = Path(manifest) if manifest is not None else Path(recorded.get("path", ""))
-    if not path.is_file():
-        where = "given" if manifest is not None else f"recorded in store {store.path}"
-        raise IbdcError(f"manifest {path} ({where}) not found; pass the manifest with {option} FILE")
-    inputs = _manifest_inputs(
-        str(path),
-        path.stat().st_mtime_ns,
-        tuple(modalities),
-        tuple(rows.tolist()),
-        resolution,
-        recorded.get("sha256"),
-        str(store.path),
-        option,
-    )
-    return inputs, labels, path
+    source = open_source(store.index.get("manifest") or {}, list(modalities), manifest, str(store.path), option)
+    return _network_inputs(source, tuple(modalities), tuple(rows.tolist()), resolution), labels, source.path
 
 
 @lru_cache(maxsize=2)
-def _manifest_inputs(
-    path: str, mtime_ns: int, modalities, rows, resolution: int, sha256: str | None, store: str, option: str
-):
-    """Preprocessed, pooled inputs of manifest `rows`; cached so that repeated evaluations read media once."""
-    manifest = read_manifest(path, list(modalities), require_label=False)
-    if sha256 and manifest.sha256 != sha256:
-        raise IbdcError(
-            f"manifest {path} is not the one store {store} was embedded from (SHA-256 differs); pass that one with "
-            f"{option} FILE"
-        )
+def _network_inputs(source: MediaRows, modalities: tuple[str, ...], rows: tuple[int, ...], resolution: int):
+    """Preprocessed, pooled inputs of the source's `rows`; cached so that repeated evaluations read media once
+    (`open_source` returns one object per source)."""
     out: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
-    with progress_bar(f"reading {Path(path).name}", len(rows)) as advance:
-        for row in rows:
-            if row >= len(manifest.rows):
-                raise IbdcError(f"manifest {path} has no row {row}")
+    with progress_bar(f"reading {source.path.name}", len(rows)) as advance:
+        for _, inputs in source.inputs(rows, list(modalities)):
             for m in modalities:
-                try:
-                    value = load(m, manifest.rows[row][m], manifest.base_dir)
-                except IbdcError as exc:
-                    raise IbdcError(f"{path}: row {row}: {exc}") from None
-                out[m].append(network_input(value[None], resolution)[0])
+                out[m].append(network_input(inputs[m][None], resolution)[0])
             advance(1)
     return {m: torch.stack(v) for m, v in out.items()}

@@ -315,7 +315,12 @@ class CondenseConfig(Config):
     )
     model: str | None = model_option(None, "Input space: encoder preset (default: the store's).")
     checkpoint: str | None = checkpoint_option()
-    manifest: str | None = option(None, "Input space: the training manifest (default: the store's).", metavar="PATH")
+    manifest: str | None = option(
+        None,
+        "Input space: where the training rows' media are, a manifest, hf:DATASET or wds:SHARDS (default: the "
+        "source the store records).",
+        metavar="PATH",
+    )
     preset: Preset | None = option(
         None,
         "default (ibdc's measured defaults, also when omitted) or paper (the paper's configuration: input space, "
@@ -615,10 +620,16 @@ class EvaluateConfig(Config):
         kind="input",
     )
     test_manifest: str | None = option(
-        None, "convnet: the test store's manifest (default: the path it records).", kind="input", metavar="PATH"
+        None,
+        "convnet: the test store's source, a manifest, hf:DATASET or wds:SHARDS (default: the one it records).",
+        kind="input",
+        metavar="PATH",
     )
     train_manifest: str | None = option(
-        None, "convnet: the --train store's manifest (default: the path it records).", kind="input", metavar="PATH"
+        None,
+        "convnet: the --train store's source, a manifest, hf:DATASET or wds:SHARDS (default: the one it records).",
+        kind="input",
+        metavar="PATH",
     )
     device: str = device_option()
     precision: Precision = precision_option()

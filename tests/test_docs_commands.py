@@ -34,7 +34,8 @@ How it works:
   once per session, and `../shared/data/fsdd-mnist` (the shared fsdd-mnist source, relative to the
   repository root) is linked to the `fsdd_source` fixture's folder. `data/digits` is a class-folder tree
   (`<label>/<stem>.png` and `.wav`, 3 classes x 2 rows of the small av-digits) for `ibdc manifest`,
-  and `data/digits-hf` the same rows as a `datasets` DatasetDict saved to disk, for `ibdc embed hf:`.
+  `data/digits-hf` the same rows as a `datasets` DatasetDict saved to disk, for `ibdc embed hf:`, and
+  `data/digits-wds` as WebDataset shards, for `ibdc embed wds:`.
   An output that an earlier block already wrote is removed first (each block is an example a reader
   may run again); an output written twice within one block is a doc bug and fails. A command followed
   by a `# ^C` comment is run and its output removed, standing for the interrupted run the doc shows.
@@ -108,6 +109,7 @@ PROVIDED = {
     "data/spoken-numbers": "small spoken-numbers",
     "data/digits": "small class folders",
     "data/digits-hf": "small hf dataset",
+    "data/digits-wds": "small wds shards",
     "stores/train": "workflow train store",
     "stores/test": "workflow test store",
     "../shared/data/fsdd-mnist": "fsdd_source",
@@ -558,7 +560,7 @@ class Runner:
         for arg in argv:
             if arg.startswith("-") or arg in outputs:
                 continue
-            arg = arg.removeprefix("hf:")  # `ibdc embed hf:data/digits-hf` reads the folder data/digits-hf
+            arg = arg.removeprefix("hf:").removeprefix("wds:")  # `ibdc embed hf:data/digits-hf` reads that folder
             for key, source in PROVIDED.items():
                 target = workspace.root / key
                 if (arg == key or arg.startswith(key + "/")) and not target.exists():
@@ -708,6 +710,19 @@ def _hf_dataset(folders: Path, out: Path) -> None:
     DatasetDict({"train": dataset}).save_to_disk(str(out))
 
 
+def _wds_shards(folders: Path, out: Path, per_shard: int = 4) -> None:
+    """The class folders as WebDataset shards (png, wav and cls members), for docs/commands/embed.md."""
+    import webdataset
+
+    files = sorted(folders.glob("*/*.png"))
+    out.mkdir(parents=True)
+    for start in range(0, len(files), per_shard):
+        with webdataset.TarWriter(str(out / f"digits-{start // per_shard:06d}.tar")) as sink:
+            for f in files[start : start + per_shard]:
+                sink.write({"__key__": f"{f.parent.name}/{f.stem}", "png": f.read_bytes(),
+                            "wav": f.with_suffix(".wav").read_bytes(), "cls": f.parent.name})  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def docs_sources(tmp_path_factory) -> dict[str, Path]:
     """The docs' small data, and the workflow's stores (docs/index.md), which their example outputs show."""
@@ -720,9 +735,11 @@ def docs_sources(tmp_path_factory) -> dict[str, Path]:
     build_spoken_numbers(base / "spoken-numbers", count=SMALL["datasets spoken-numbers"]["--count"])
     _class_folders(workflow["data"] / "train.csv", base / "digits")
     _hf_dataset(base / "digits", base / "digits-hf")
+    _wds_shards(base / "digits", base / "digits-wds")
     return {
         "small class folders": base / "digits",
         "small hf dataset": base / "digits-hf",
+        "small wds shards": base / "digits-wds",
         "small av-digits": workflow["data"],
         "small spoken-numbers": base / "spoken-numbers",
         "workflow train store": workflow["train"],

@@ -52,9 +52,9 @@ def digits(tmp_path):
     return tmp_path, manifest, dataset
 
 
-def _assert_same(a, b):
+def _assert_same(a, b, classes=("0", "1", "2")):
     sa, sb = open_store(a), open_store(b)
-    assert sa.index["class_names"] == sb.index["class_names"] == ["0", "1", "2"]
+    assert sa.index["class_names"] == sb.index["class_names"] == list(classes)
     assert sa.index["rows_per_class"] == sb.index["rows_per_class"]
     ta, tb = sa.load(), sb.load()
     for key in ("image", "audio", "labels", "row"):
@@ -132,3 +132,48 @@ def test_ibdc_help_does_not_import_datasets():
     code = "import sys; from ibdc_cli.cli import app; assert 'datasets' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def test_fsdd_mnist_exported_to_a_dataset_gives_the_csv_store(fsdd_source, tmp_path, cli):
+    """The real fsdd-mnist build (2 recordings per digit per split) as a self-contained DatasetDict on disk
+    (the media's bytes in Image/Audio columns, the files then moved away): `embed hf:` gives the CSV's store."""
+    import csv
+
+    from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
+
+    data = tmp_path / "fsdd-mnist"
+    build_fsdd_mnist(data, source=fsdd_source, per_class=2)
+    features = Features(
+        {
+            "image": ImageFeature(),
+            "audio": {"bytes": Value("binary"), "path": Value("string")},  # cast to Audio() below
+            # in digit order: the store's class ids still follow the label rules (text order of the names)
+            "label": ClassLabel(names=DIGITS),
+        }
+    )
+    splits = {}
+    for split in ("train", "val", "test"):
+        rows = list(csv.DictReader((data / f"{split}.csv").open()))
+        table = {
+            "image": [{"bytes": (data / r["image"]).read_bytes(), "path": r["image"]} for r in rows],
+            "audio": [{"bytes": (data / r["audio"]).read_bytes(), "path": r["audio"]} for r in rows],
+            "label": [DIGITS.index(r["label"]) for r in rows],
+        }
+        splits[split] = Dataset.from_dict(table, features=features).cast_column("audio", Audio())
+    DatasetDict(splits).save_to_disk(str(tmp_path / "fsdd-mnist-hf"))
+
+    csv_run = cli("embed", data / "val.csv", "-m", "image,audio", "--out", tmp_path / "csv", *SMALL)
+    assert csv_run.code == 0, csv_run
+    (data / "images").rename(tmp_path / "images-elsewhere")  # the dataset holds its media itself
+    (data / "audio").rename(tmp_path / "audio-elsewhere")
+    hf_run = cli("embed", f"hf:{tmp_path / 'fsdd-mnist-hf'}", "--split", "val", "-m", "image,audio",
+                 "--out", tmp_path / "hf", *SMALL)  # fmt: skip
+    assert hf_run.code == 0, hf_run
+    _assert_same(tmp_path / "csv", tmp_path / "hf", classes=sorted(DIGITS))
+    assert open_store(tmp_path / "hf").num_rows == len(splits["val"]) == 20

@@ -83,7 +83,10 @@ ABLATION = [
     ("σ = 0.5", {"sigma": 0.5}),
     ("σ = 2", {"sigma": 2.0}),
     ("K = 1024 frequencies", {"num_freqs": 1024}),
+    ("K = 2048 frequencies", {"num_freqs": 2048}),
     ("fresh frequencies every step (bank 0)", {"freq_bank": 0}),
+    ("bank of 8 draws", {"freq_bank": 8}),
+    ("bank of 4 draws", {"freq_bank": 4}),
     ("300 iterations", {"iterations": 300}),
     ("lr 0.02", {"lr": 0.02}),
     ("lr 0.1", {"lr": 0.1}),
@@ -274,8 +277,9 @@ def select_part(train: Path, val: Path, work: Path, args, schedule, part: dict[s
 def ablation_part(train: Path, val: Path, work: Path, args, schedule, part, save, best=None) -> dict[str, Any]:
     """imagebinddc with one setting changed from the defaults, on `val`, in the space map chosen for
     imagebinddc at that DPC by the select part (`best`; the default space map without it)."""
-    part.update(split="val", seeds=args.ablation_seeds, settings=dict(ABLATION))
-    for label, overrides in ABLATION:
+    variants = [(label, o) for label, o in ABLATION if not args.ablation_variants or label in args.ablation_variants]
+    part.update(split="val", seeds=args.ablation_seeds, settings=dict(variants))
+    for label, overrides in variants:
         for dpc in args.ablation_dpcs:
             space_map = at(best, dpc) if best and has(best, dpc) else CondenseConfig.space_map
 
@@ -573,6 +577,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="methods of the select and methods parts")
     parser.add_argument("--dpcs", default="1,10,20")
     parser.add_argument("--ablation-dpcs", default="1,10")
+    parser.add_argument(
+        "--ablation-variants", help="only these ablation rows, by label, separated by ';' (default: every row)"
+    )
     parser.add_argument("--input-dpcs", default="1,10")
     parser.add_argument("--input-iterations", type=int, default=30)
     parser.add_argument("--paper-iterations", type=int, default=150, help="steps of the --preset paper rows")
@@ -613,6 +620,11 @@ def main() -> None:
         parser.error(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(METHODS)}")
     args.dpcs = [int(d) for d in args.dpcs.split(",")]
     args.ablation_dpcs = [int(d) for d in args.ablation_dpcs.split(",") if d]
+    labels = [label for label, _ in ABLATION]
+    args.ablation_variants = [v.strip() for v in (args.ablation_variants or "").split(";") if v.strip()]
+    unknown = [v for v in args.ablation_variants if v not in labels]
+    if unknown:
+        parser.error(f"--ablation-variants: unknown {unknown[0]!r}; choose from {'; '.join(labels)}")
     args.input_dpcs = [int(d) for d in args.input_dpcs.split(",")]
     parts = args.parts.split(",")
     schedule = HeadSchedule()

@@ -63,6 +63,13 @@ def test_shards_give_the_manifest_store_bit_for_bit(media_manifest, tmp_path, cl
         result = cli("embed", spec, "-m", "image,audio,text", "--out", out, *FAST)
         assert result.code == 0, (spec, result)
         _assert_same_store(tmp_path / "csv", out)
+    # shards of 3 (batches no longer the manifest's): the same rows and labels, embeddings up to float rounding
+    write_shards(media_manifest, tmp_path / "threes", per_shard=3)
+    threes = cli("embed", f"wds:{tmp_path / 'threes'}", "-m", "image,audio,text", "--out", tmp_path / "t", *FAST)
+    assert threes.code == 0, threes
+    a, b = open_store(tmp_path / "csv").load(), open_store(tmp_path / "t").load()
+    assert torch.equal(a["row"], b["row"]) and torch.equal(a["labels"], b["labels"])
+    assert all(torch.allclose(a[m], b[m], atol=1e-5) for m in ("image", "audio", "text"))
     record = open_store(out).index["manifest"]
     assert record["kind"] == "wds" and record["path"] == spec and record["rows"] == 12
     assert [s["samples"] for s in record["shards"]] == [4, 4, 4]

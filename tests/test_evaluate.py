@@ -217,3 +217,19 @@ def test_what_a_run_records_about_itself_does_not_split_a_configuration(digits, 
     save_synthetic_set(rerun, tensors, meta)
     with pytest.raises(IbdcError, match="--dpc 3"):
         load_sets([seed_sets[0], rerun])
+
+
+def test_a_head_stops_at_max_steps_as_if_it_had_fewer_epochs():
+    """Big stores: `max_steps` caps the epochs (whole epochs), the same heads as asking for those epochs."""
+    from ibdc_cli.evaluation.heads import epochs_of
+
+    assert epochs_of(1000, HeadSchedule()) == 300  # every store measured so far trains all its epochs
+    assert epochs_of(16_896, HeadSchedule()) == 300 and epochs_of(16_897, HeadSchedule()) == 299
+    assert epochs_of(200_232, HeadSchedule()) == 26 and epochs_of(10**9, HeadSchedule()) == 1
+    g = torch.Generator().manual_seed(0)
+    features, labels = {"image": torch.randn(1000, 16, generator=g)}, torch.randint(0, 3, (1000,), generator=g)
+    capped = train_heads(features, labels, 3, protocol="linear", schedule=HeadSchedule(max_steps=8), seed=1)
+    two = train_heads(features, labels, 3, protocol="linear", schedule=HeadSchedule(epochs=2), seed=1)
+    longer = train_heads(features, labels, 3, protocol="linear", schedule=HeadSchedule(epochs=3), seed=1)
+    assert torch.equal(capped["image"].weight, two["image"].weight)
+    assert not torch.equal(capped["image"].weight, longer["image"].weight)

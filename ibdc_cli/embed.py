@@ -170,8 +170,8 @@ def run_embed(config: EmbedConfig) -> EmbedResult:
         )
         try:
             total = len(todo) if shards else sum(len(chunks[k]) for k in todo)
-            with progress_bar(f"embed {','.join(config.modalities)} ({noun[:-1]}s)" if shards else
-                              f"embed {','.join(config.modalities)}", total, state) as advance:  # fmt: skip
+            description = f"embed {','.join(config.modalities)}" + (" (shards)" if shards else "")
+            with progress_bar(description, total, state) as advance:
                 for k in todo:
                     part = work / f"part-{k:06d}.safetensors"
                     if shards:
@@ -204,18 +204,25 @@ def _embed_chunk(
             if not skip_bad:
                 raise batch_error(manifest, row, message)
             bad.append({"row": row, "reason": message})
-        if batch["rows"]:
-            with torch.inference_mode(), autocast(device, precision):
-                for modality in modalities:
-                    x = batch["inputs"][modality].to(device)
-                    outputs[modality].append(encoder.embed(modality, x).float().cpu())
-            kept.extend(batch["rows"])
+        _embed_batch(encoder, batch, outputs, kept, device=device, precision=precision)
         advance(len(batch["rows"]) + len(batch["errors"]))
     tensors = {m: torch.cat(v) if v else torch.empty(0, encoder.out_dim) for m, v in outputs.items()}
     tensors["row"] = torch.tensor(kept, dtype=torch.int64)
     labels = [manifest.labels[r] for r in kept]
     tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
     atomic_save_tensors(part, tensors, metadata={"skipped": json.dumps(bad)})
+
+
+def _embed_batch(encoder, batch, outputs: dict[str, list[torch.Tensor]], kept: list[int], *, device, precision):
+    """Embed a `collate_rows` batch's decoded rows: each modality's embeddings appended to `outputs[m]`
+    (float32, on the CPU), its rows to `kept`."""
+    if not batch["rows"]:
+        return
+    with torch.inference_mode(), autocast(device, precision):
+        for modality in outputs:
+            x = batch["inputs"][modality].to(device)
+            outputs[modality].append(encoder.embed(modality, x).float().cpu())
+    kept.extend(batch["rows"])
 
 
 def _embed_shard(encoder, source: WdsSource, index, part, *, chunk_rows, batch_size, workers, precision, skip_bad,
@@ -238,12 +245,7 @@ def _embed_shard(encoder, source: WdsSource, index, part, *, chunk_rows, batch_s
                 if not skip_bad:
                     raise IbdcError(f"{source.shards[index]}: sample {rows.samples[row].key!r}: {message}")
                 bad.append({"row": row, "key": rows.samples[row].key, "reason": message})
-            if batch["rows"]:
-                with torch.inference_mode(), autocast(device, precision):
-                    for modality in modalities:
-                        x = batch["inputs"][modality].to(device)
-                        outputs[modality].append(encoder.embed(modality, x).float().cpu())
-                kept.extend(batch["rows"])
+            _embed_batch(encoder, batch, outputs, kept, device=device, precision=precision)
         labels.extend(rows.labels.get(r) for r, _ in group)
         keys.extend(sample.key for _, sample in group)
         group.clear()

@@ -31,6 +31,7 @@ from typing import Any
 from ibdc_cli.data.manifest import Manifest, label_ids
 from ibdc_cli.data.preprocess import MediaError, load_audio, load_image, load_map, load_text, waveform_input
 from ibdc_cli.errors import IbdcError
+from ibdc_cli.store import file_sha256
 
 PREFIX = "hf:"
 
@@ -194,7 +195,7 @@ def _open(datasets, target: str, split: str | None):
         dataset = datasets.load_dataset("parquet", data_files={name: files}, split=name)
         digest = hashlib.sha256()
         for file in files:
-            digest.update(_file_sha256(Path(file)).encode())
+            digest.update(file_sha256(Path(file)).encode())
         recorded = str(local.resolve()) if local.is_dir() else os.path.abspath(target)
         folder = (local if local.is_dir() else Path(files[0]).parent).resolve()
         return dataset, "parquet", folder, digest.hexdigest(), recorded
@@ -221,14 +222,6 @@ def _parquet_files(target: str) -> list[str]:
     if target.endswith(".parquet") and any(ch in target for ch in "*?["):
         return sorted(glob.glob(target))
     return []
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pick_split(loaded, split: str | None, where: str):

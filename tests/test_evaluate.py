@@ -233,3 +233,109 @@ def test_a_head_stops_at_max_steps_as_if_it_had_fewer_epochs():
     longer = train_heads(features, labels, 3, protocol="linear", schedule=HeadSchedule(epochs=3), seed=1)
     assert torch.equal(capped["image"].weight, two["image"].weight)
     assert not torch.equal(capped["image"].weight, longer["image"].weight)
+
+
+def test_a_store_too_large_for_memory_is_read_from_disk_with_the_same_result(digits, syn, monkeypatch):
+    """Above `IN_MEMORY_BYTES` the whole-data heads read their mini-batches from temporary files and the
+    test rows are scored chunk by chunk: the same heads bit for bit and the same scores as from memory;
+    the files are gone afterwards."""
+    import tempfile
+
+    import ibdc_cli.evaluation.heads as heads
+    import ibdc_cli.evaluation.rows_on_disk as rows_on_disk
+
+    trained = []
+    real_train = heads.train_heads
+
+    def spy(features, *args, **kwargs):
+        result = real_train(features, *args, **kwargs)
+        kinds = {type(x).__name__ for x in features.values()}
+        trained.append((kinds, {m: [p.detach().clone() for p in h.parameters()] for m, h in result.items()}))
+        return result
+
+    monkeypatch.setattr(heads, "train_heads", spy)
+    monkeypatch.setattr(rows_on_disk.RowsOnDisk, "chunks", _small_chunks(rows_on_disk.RowsOnDisk.chunks))
+    schedule = HeadSchedule(epochs=3)
+    in_memory = evaluate(syn, digits["test"], train_store=digits["train"], seeds=2, schedule=schedule)
+    before = set(_spill_folders(tempfile.gettempdir()))
+    monkeypatch.setattr(heads, "IN_MEMORY_BYTES", 0)
+    from_disk = evaluate(syn, digits["test"], train_store=digits["train"], seeds=2, schedule=schedule)
+    assert set(_spill_folders(tempfile.gettempdir())) == before  # the temporary files are removed
+
+    memory_whole = [params for kinds, params in trained[:4] if kinds == {"Tensor"}][2:]
+    disk_whole = [params for kinds, params in trained[4:] if kinds == {"RowsOnDisk"}]
+    assert len(memory_whole) == len(disk_whole) == 2  # two seeds of whole-data heads each way
+    for a, b in zip(memory_whole, disk_whole, strict=True):
+        for m in a:
+            for pa, pb in zip(a[m], b[m], strict=True):
+                assert torch.equal(pa, pb)
+    assert from_disk["whole_runs"] == in_memory["whole_runs"] and from_disk["runs"] == in_memory["runs"]
+
+
+def _small_chunks(chunks):
+    """Score in chunks of 7 rows, so a test store of a few dozen rows spans several."""
+
+    def small(self, size=7):
+        return chunks(self, size)
+
+    return small
+
+
+def _spill_folders(folder):
+    import pathlib
+
+    return [p.name for p in pathlib.Path(folder).glob("ibdc-rows-*")]
+
+
+def test_rows_on_disk_reads_back_what_was_written(tmp_path):
+    from ibdc_cli.evaluation.rows_on_disk import spill
+
+    g = torch.Generator().manual_seed(0)
+    parts = [{"image": torch.randn(n, 5, generator=g), "labels": torch.arange(n)} for n in (3, 4)]
+    files, labels = spill(parts, ["image"], {"image": 5}, lambda m, x: x * 2)
+    whole = torch.cat([p["image"] for p in parts]) * 2
+    rows = files["image"]
+    assert rows.shape == (7, 5) and torch.equal(labels, torch.tensor([0, 1, 2, 0, 1, 2, 3]))
+    index = torch.tensor([6, 0, 3, 3])
+    assert torch.equal(rows[index], whole[index])
+    assert torch.equal(torch.cat(list(rows.chunks(size=3))), whole)
+    with pytest.raises(IndexError):
+        rows[torch.tensor([7])]
+
+
+def test_spilling_a_store_holds_about_one_shard_in_memory(tmp_path):
+    """Memory ceiling on a scaled-down shape: spilling 10 shards of 16 MiB raises the process's resident
+    memory by far less than the store's 160 MiB (it once kept every shard's buffer alive through a view of
+    its labels, and grew by a shard per shard)."""
+    import threading
+    import time
+
+    import psutil
+
+    from ibdc_cli.evaluation.rows_on_disk import spill
+    from ibdc_cli.store import open_store, write_store
+
+    rows, dim = 20_480, 1024
+    g = torch.Generator().manual_seed(0)
+    embeddings = {m: torch.randn(rows, dim, generator=g) for m in ("audio", "image")}
+    labels = torch.randint(0, 4, (rows,), generator=g)
+    write_store(tmp_path / "store", embeddings, labels, class_names=list("abcd"), shard_rows=2048)
+    del embeddings
+    store = open_store(tmp_path / "store")
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    baseline = process.memory_info().rss
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        files, spilled = spill(store.shards(["audio", "image"]), ["audio", "image"], store.modalities, lambda m, x: x)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(spilled) == rows and files["image"].shape == (rows, dim)
+    assert peak[0] - baseline < 80 * 2**20, f"spilling raised RSS by {(peak[0] - baseline) / 2**20:.0f} MiB"

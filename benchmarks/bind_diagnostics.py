@@ -11,7 +11,10 @@ speaker is never trained on), with the imagebind_tiny preset, random init, seed 
 2. **The speech** (what the trained audio tower must learn across speakers): a logistic regression fitted
    on the train speakers and scored on the val speaker, on (a) the log-mel itself, averaged over 10-frame
    and 4-bin cells of the first 0.8 s, and (b) the random audio tower's class-token features. (a) says how
-   much digit information crosses speakers in the plain spectrum; (b) how much of it a random tower keeps.
+   much digit information crosses speakers in the plain spectrum; (b) how much of it a random tower keeps;
+   (c) the cepstrum (coefficients 1-19 of a DCT over the mel bins) averaged over 5 equal time segments
+   of the utterance's own frames (voiced frames, every frame of the clip, or the tower's first 0.8 s),
+   and the log-mel in the same segments: what a spectral envelope in utterance-relative time gives.
 
 Run from the repository root:
 
@@ -26,6 +29,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
@@ -35,6 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from ibdc_cli.data.fsdd_mnist import build_fsdd_mnist
 from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.pairs import load_rows
+from ibdc_cli.data.preprocess import AUDIO_MEAN, AUDIO_STD
 from ibdc_cli.data.rows import present_cells
 from ibdc_cli.encoders.imagebind import MODALITY_KEYS, load_encoder
 from ibdc_cli.encoders.metrics import mean_cosine
@@ -77,6 +82,28 @@ def class_token(encoder, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def cepstral_segments(x: torch.Tensor, *, frames: str, segments: int = 5, cepstral: bool = True) -> torch.Tensor:
+    """`[N, clips, 1, 128, 204]` -> `[N, segments * 19]`: the first clip's log-mel frames (`frames`: "voiced",
+    those within 6 nats of the clip's loudest frame; "clip", every frame before the padding; "first-0.8s",
+    the first 80 frames as the tower's patches see them), cut into `segments` equal runs of the frames
+    kept, each averaged; with `cepstral`, of the cepstrum (DCT over the mel bins, coefficients 1-19:
+    the spectral envelope without loudness and pitch harmonics), else of the 128 log-mel bins."""
+    import scipy.fft
+
+    logmel = (x[:, 0, 0] * AUDIO_STD + AUDIO_MEAN).transpose(1, 2).numpy()  # [N, 204 frames, 128 bins]
+    rows = []
+    for f in logmel:
+        kept = f[f.std(1) > 1e-6]  # padding frames are constant
+        if frames == "voiced":
+            energy = kept.mean(1)
+            kept = kept[energy > energy.max() - 6.0]
+        elif frames == "first-0.8s":
+            kept = f[:80]
+        values = scipy.fft.dct(kept, axis=1, norm="ortho")[:, 1:20] if cepstral else kept
+        rows.append(np.concatenate([part.mean(0) for part in np.array_split(values, segments)]))
+    return torch.from_numpy(np.stack(rows))
+
+
 def probe(train_x, train_y, val_x, val_y) -> dict[str, float]:
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
     model.fit(train_x.numpy(), train_y.numpy())
@@ -84,6 +111,14 @@ def probe(train_x, train_y, val_x, val_y) -> dict[str, float]:
         "train": round(model.score(train_x.numpy(), train_y.numpy()), 3),
         "val": round(model.score(val_x.numpy(), val_y.numpy()), 3),
     }
+
+
+CEPSTRAL_PROBES = {
+    "cepstrum_voiced_frames_5_segments": {"frames": "voiced"},
+    "cepstrum_clip_frames_5_segments": {"frames": "clip"},
+    "cepstrum_first_0.8s_5_segments": {"frames": "first-0.8s"},
+    "logmel_voiced_frames_5_segments": {"frames": "voiced", "cepstral": False},
+}
 
 
 def main() -> None:
@@ -109,6 +144,15 @@ def main() -> None:
             "pooled_logmel": probe(
                 pooled_logmel(train["inputs.audio"]), train["labels"], pooled_logmel(val["inputs.audio"]), val["labels"]
             ),
+            **{
+                name: probe(
+                    cepstral_segments(train["inputs.audio"], **options),
+                    train["labels"],
+                    cepstral_segments(val["inputs.audio"], **options),
+                    val["labels"],
+                )
+                for name, options in CEPSTRAL_PROBES.items()
+            },
             "random_tower_class_token": probe(
                 class_token(encoder, train["inputs.audio"]),
                 train["labels"],

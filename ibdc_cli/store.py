@@ -262,7 +262,7 @@ class Store:
         wanted = list(self.modalities) if modalities is None else modalities
         keep = None if classes is None else torch.tensor(sorted(classes), dtype=torch.int64)
         if keep is None:
-            total = sum(int(shard["rows"]) for shard in self.index["shards"])
+            total = self.num_rows
         else:  # a first pass over the labels alone, so the kept rows are written once, in place
             total = sum(int(torch.isin(shard["labels"], keep).sum()) for shard in self.shards([]))
         dims = {m: self.modalities[m] for m in wanted}

@@ -92,6 +92,8 @@ def train_heads(
             x = F.normalize(x.float(), dim=-1).to(device)
         for _ in range(epochs_of(len(x), schedule)):
             order = torch.randperm(len(x), generator=generator)
+            if not isinstance(x, RowsOnDisk):  # rows in memory are indexed where they are; files by CPU ids
+                order = order.to(device)
             for start in range(0, len(x), schedule.batch_size):
                 batch = order[start : start + schedule.batch_size]
                 with autocast(device, precision):
@@ -172,8 +174,7 @@ class HeadsProtocol(Protocol):
         space_maps = synthetic.space_maps
         # mapped shard by shard as they are read: the store's rows are held once
         transforms = {m: functools.partial(map_embeddings, space_map=space_maps.get(m)) for m in self.modalities}
-        rows = sum(int(shard["rows"]) for shard in store.index["shards"])
-        if rows * sum(store.modalities[m] for m in self.modalities) * 4 > self.in_memory_bytes:
+        if store.num_rows * sum(store.modalities[m] for m in self.modalities) * 4 > self.in_memory_bytes:
 
             def prepare(m: str, x: torch.Tensor) -> torch.Tensor:
                 return F.normalize(transforms[m](x).float(), dim=-1)

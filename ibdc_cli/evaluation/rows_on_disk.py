@@ -79,7 +79,7 @@ def spill(
         for part in parts:
             for m in modalities:
                 x = prepare(m, part[m]).to(torch.float32).contiguous()
-                handles[m].write(x.numpy().tobytes())
+                handles[m].write(x.numpy())  # the buffer itself, not a copy
             labels.append(part["labels"].clone())  # a view would keep the whole shard's buffer alive
             rows += len(part["labels"])
     except BaseException:

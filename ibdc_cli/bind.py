@@ -135,6 +135,7 @@ def run_bind(config: BindConfig) -> BindResult:
 
     # 2. decode: the starting encoder, on the main process only, then every row once
     encoder = load_encoder(config.model, checkpoint=config.checkpoint, random_init=config.random_init, seed=config.seed)
+    _set_frontends(encoder, bound, config.audio_frontend)
     if state.num_processes > 1:
         log(f"bind trains on the main process only; the other {state.num_processes - 1} process(es) exit", state)
         if not state.is_main_process:
@@ -186,6 +187,7 @@ def _settings(config: BindConfig) -> dict[str, Any]:
     settings.update(
         targets=config.targets,
         anchor_map=config.anchor_map,
+        audio_frontend=config.audio_frontend,
         augment=config.augment,
         ema=config.ema,
         val_fraction=0.0 if config.val_manifest is not None else config.val_fraction,
@@ -234,10 +236,29 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError(f"--targets {settings['targets']}: choose one of {', '.join(TARGETS)}")
     if settings["anchor_map"] not in SPACE_MAPS:
         raise IbdcError(f"--anchor-map {settings['anchor_map']}: choose one of {', '.join(SPACE_MAPS)}")
+    if settings["audio_frontend"] != "auto" and ("audio" not in modalities or anchor == "audio"):
+        raise IbdcError(
+            f"--audio-frontend {settings['audio_frontend']}: only a bound (trained) audio tower reads a frontend; "
+            "leave it at auto"
+        )
     if not 0 <= settings["ema"] < 1:
         raise IbdcError(f"--ema must be in [0, 1) (0: off), not {settings['ema']}")
     if not 0 <= settings["val_fraction"] < 1:
         raise IbdcError(f"--val-fraction must be in [0, 1), not {settings['val_fraction']}")
+
+
+def _set_frontends(encoder: Encoder, bound: list[str], audio_frontend: str) -> None:
+    """Give a bound audio tower its `--audio-frontend` (`encoders.frontends`): `auto` is `envelope` from
+    random init, else what the starting checkpoint's audio tower was trained on. A frozen tower keeps its
+    own: its weights were trained for it."""
+    if "audio" not in bound:
+        return
+    if audio_frontend == "auto":
+        audio_frontend = "envelope" if encoder.checkpoint is None else encoder.frontends.get("audio", "logmel")
+    if audio_frontend == "logmel":
+        encoder.frontends.pop("audio", None)
+    else:
+        encoder.frontends["audio"] = audio_frontend
 
 
 @dataclass
@@ -548,6 +569,7 @@ def _metadata(config, anchor, bound, encoder, split: _Split, training: BindTrain
         "bound": bound,
         "trained_parts": {m: [f"{part}.{MODALITY_KEYS[m]}" for part in TOWER_PARTS] for m in bound},
         "anchor_map": training.anchor_map,
+        "frontends": dict(encoder.frontends),
         "centers": sorted(encoder.centers),
         "whiteners": sorted(encoder.whiteners),
         "anchor_mean_cosine": training.anchor_mean_cosine,
@@ -562,7 +584,10 @@ def _metadata(config, anchor, bound, encoder, split: _Split, training: BindTrain
         "manifest": _manifest_record(split.manifest),
         "val_manifest": None if config.val_manifest is None else _manifest_record(split.held_out),
         "class_names": split.manifest.class_names,
-        "preprocessing": {m: PREPROCESSING[m] for m in config.modalities},
+        "preprocessing": {
+            m: {**PREPROCESSING[m], **({"frontend": encoder.frontends[m]} if m in encoder.frontends else {})}
+            for m in config.modalities
+        },
         "metrics": {"before": trained["before"], "after": after},
         "loss_history": trained["history"],
         "held_out_history": trained["val_history"],

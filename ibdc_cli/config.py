@@ -48,6 +48,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Preset = Literal["default", "paper"]
 Protocol = Literal["linear", "mlp", "convnet", "retrieval"]
 Targets = Literal["rows", "class-means"]
+AudioFrontend = Literal["auto", "envelope", "logmel"]
 Model = Literal["imagebind_tiny", "imagebind_huge"]
 Tracker = Literal["csv", "tensorboard", "wandb"]
 Layout = Literal["auto", "class", "paired"]
@@ -539,12 +540,12 @@ class BindConfig(Config):
     checkpoint: str | None = checkpoint_option()
     random_init: bool = random_init_option()
     seed: int = option(0, "Random seed.")
-    epochs: int = option(20, "Passes over the training rows.")
-    batch_size: int = option(64, "Pairs per step (InfoNCE negatives).")
+    epochs: int = option(50, "Passes over the training rows.")
+    batch_size: int = option(32, "Pairs per step (InfoNCE negatives).")
     lr: float = option(1e-3, "Peak AdamW learning rate (linear warm-up, cosine decay).")
     weight_decay: float = option(0.05, "AdamW weight decay.")
     warmup_epochs: float = option(1.0, "Epochs of linear warm-up.")
-    temperature: float = option(0.07, "InfoNCE temperature.")
+    temperature: float = option(0.2, "InfoNCE temperature.")
     label_positives: bool = option(False, "Count rows of the same label as positives, not only the same row.")
     targets: Targets = option(
         "rows",
@@ -556,11 +557,20 @@ class BindConfig(Config):
         "The anchor's map, fitted on the training rows and saved in the checkpoint: whiten, center or none (a "
         "random tower's outputs differ along one direction; whitening lets its class structure show).",
     )
+    audio_frontend: AudioFrontend = option(
+        "auto",
+        "What a bound audio tower reads: envelope (the spectral envelope of the voiced frames, stretched over the "
+        "window), logmel (ImageBind's own input) or auto (envelope from random init, else the starting "
+        "checkpoint's). Saved in the checkpoint.",
+    )
     augment: bool = option(
-        True, "Randomly vary the trained audio tower's inputs (a delay, a mel shift and a gain).", negative=True
+        True,
+        "Randomly vary the trained audio tower's inputs (a delay, a mel shift and a gain; the envelope frontend "
+        "undoes the delay and the gain).",
+        negative=True,
     )
     ema: float = option(
-        0.0,
+        0.995,
         "Decay of an exponential moving average of the trained weights, kept and saved instead of the last step's "
         "(0: off).",
     )

@@ -79,12 +79,13 @@ def announce(command: str, state=None, **facts) -> None:
 
 
 def encoder_words(encoder: dict) -> str:
-    """`imagebind_tiny (random-init, seed 0)` or `imagebind_huge (checkpoint 0bf4a523f717)`, from the encoder
-    record that stores and sets keep."""
+    """`imagebind_tiny (random-init, seed 0)` or `imagebind_huge (checkpoint 0bf4a523f717)` (a bound
+    checkpoint adds its frontends: `, audio envelope`), from the encoder record that stores and sets keep."""
     weights = encoder.get("weights") or "random-init"
+    frontends = "".join(f", {m} {name}" for m, name in (encoder.get("frontends") or {}).items())
     if weights == "random-init":
-        return f"{encoder.get('preset')} (random-init, seed {encoder.get('seed')})"
-    return f"{encoder.get('preset')} (checkpoint {str(weights)[:12]})"
+        return f"{encoder.get('preset')} (random-init, seed {encoder.get('seed')}{frontends})"
+    return f"{encoder.get('preset')} (checkpoint {str(weights)[:12]}{frontends})"
 
 
 def _clock(seconds: float) -> str:

@@ -16,6 +16,7 @@ from ibdc_cli.data.manifest import read_manifest
 from ibdc_cli.data.pairs import one_clip_if_repeated
 from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders import training
+from ibdc_cli.encoders.frontends import envelope
 from ibdc_cli.encoders.imagebind import build_model, load_encoder
 from ibdc_cli.encoders.metrics import class_mean_cosines, embed_clips
 from ibdc_cli.encoders.training import augment_audio, class_mean_nce, class_means
@@ -83,11 +84,49 @@ def test_checkpoint_reproduces_the_trained_encoder(bound):
     _, metadata = read_tensors(result.out)
     info = json.loads(metadata["ibdc"])
     assert info["preset"] == "imagebind_tiny" and info["anchor"] == "image" and info["bound"] == ["audio"]
-    assert info["anchor_map"] == "whiten" and info["settings"]["temperature"] == 0.07 and info["ibdc_version"]
+    assert info["anchor_map"] == "whiten" and info["settings"]["temperature"] == 0.2 and info["ibdc_version"]
     assert info["manifest"]["sha256"] == read_manifest(manifest, ["image"]).sha256
     assert set(info["metrics"]["before"]["audio"]) >= {"r1_to_anchor", "r1_from_anchor", "cos_same_class"}
     assert {"cos_class_means", "cos_class_means_other"} <= set(info["metrics"]["after"]["audio"])
     assert len(info["loss_history"]) == 2 and info["rows"] == {"train": 6, "held_out": 2}
+    # From random init a bound audio tower reads the envelope frontend, and the checkpoint says so.
+    assert info["frontends"] == {"audio": "envelope"} == loaded.frontends
+    assert info["preprocessing"]["audio"]["frontend"] == "envelope"
+
+
+def test_the_bound_audio_tower_reads_its_frontend_everywhere(bound):
+    """`embed` of a bound encoder is its tower on the frontend's output; without the frontend it differs."""
+    result, manifest = bound
+    loaded = load_encoder("imagebind_tiny", checkpoint=result.out)
+    x = _inputs(manifest, "audio")
+    with torch.no_grad():
+        through = loaded.embed("audio", x)
+        loaded.frontends.clear()
+        assert torch.allclose(loaded.embed("audio", envelope(x)), through, atol=1e-6)
+        assert not torch.allclose(loaded.embed("audio", x), through, atol=1e-3)
+
+
+def test_audio_frontend_logmel_binds_imagebinds_own_input(tmp_path, cli):
+    manifest = _pairs(tmp_path / "data")
+    out = tmp_path / "logmel.safetensors"
+    assert cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST, "--audio-frontend", "logmel").code == 0
+    info = json.loads(read_tensors(out)[1]["ibdc"])
+    assert info["frontends"] == {} and "frontend" not in info["preprocessing"]["audio"]
+    assert load_encoder("imagebind_tiny", checkpoint=out).frontends == {}
+    # auto from a checkpoint keeps what its audio tower was trained on
+    again = bind_encoder(
+        manifest,
+        ["image", "audio"],
+        "image",
+        tmp_path / "again.safetensors",
+        checkpoint=out,
+        epochs=1,
+        batch_size=3,
+        workers=0,
+        val_fraction=0.25,
+        device="cpu",
+    )
+    assert again.encoder.frontends == {}
 
 
 def test_embed_with_the_bound_checkpoint_gives_the_trained_embeddings(bound, tmp_path, cli):
@@ -212,6 +251,8 @@ def _foreign_checkpoint(path: Path) -> Path:
         ("label-positives-without-labels", "needs a 'label' column"),
         ("class-means-without-labels", "--targets class-means needs a 'label' column"),
         ("unknown-targets", "--targets pairs: choose one of rows, class-means"),
+        ("frontend-of-a-frozen-tower", "--audio-frontend envelope: only a bound (trained) audio tower"),
+        ("unknown-frontend-in-checkpoint", "unknown audio frontend 'cepstrum9'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
@@ -233,6 +274,14 @@ def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
         args += ["--label-positives"] if case.startswith("label") else ["--targets", "class-means"]
     elif case == "unknown-targets":
         args += ["--targets", "pairs"]
+    elif case == "frontend-of-a-frozen-tower":
+        args += ["--anchor", "audio", "--audio-frontend", "envelope"]
+    elif case == "unknown-frontend-in-checkpoint":
+        path = tmp_path / "future.safetensors"
+        state = build_model("imagebind_tiny").state_dict()
+        metadata = {"ibdc": json.dumps({"preset": "imagebind_tiny", "frontends": {"audio": "cepstrum9"}})}
+        save_file({k: v.clone() for k, v in state.items()}, str(path), metadata=metadata)
+        args += ["--checkpoint", path]
     result = cli("bind", manifest, *args)
     assert result.code == 2, result
     assert expected in result.err and "Traceback" not in result.err

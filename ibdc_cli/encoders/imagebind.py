@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ibdc_cli.encoders.frontends import FRONTENDS, apply_frontend
 from ibdc_cli.errors import IbdcError
 from ibdc_cli.store import file_sha256
 
@@ -127,6 +128,7 @@ class Encoder:
     seed: int
     centers: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [D], subtracted
     whiteners: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [D, D], applied after
+    frontends: dict[str, str] = field(default_factory=dict)  # modality -> input transform (`encoders.frontends`)
 
     @property
     def out_dim(self) -> int:
@@ -145,6 +147,7 @@ class Encoder:
             "seed": None if self.checkpoint else self.seed,
             "out_dim": self.out_dim,
             "normalized": True,
+            **({"frontends": dict(self.frontends)} if self.frontends else {}),
         }
 
     def to(self, device: torch.device | str) -> Encoder:
@@ -154,9 +157,12 @@ class Encoder:
         return self
 
     def forward_raw(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """ImageBind's output for one modality, not normalised; centred and whitened where the checkpoint
-        says so (a bound encoder's anchor: `(out - center) @ whitener`)."""
+        """ImageBind's output for one modality, not normalised; the input goes through the modality's
+        frontend first, and the output is centred and whitened, where the checkpoint says so (a bound
+        encoder's audio: `envelope(x)`; its anchor: `(out - center) @ whitener`)."""
         key = MODALITY_KEYS[modality]
+        if modality in self.frontends:
+            x = apply_frontend(modality, self.frontends[modality], x)
         out = self.model({key: x})[key]
         if modality in self.centers:
             out = out - self.centers[modality].to(out.dtype)
@@ -241,15 +247,18 @@ def load_encoder(
     model = build_model(preset, seed)
     centers: dict[str, torch.Tensor] = {}
     whiteners: dict[str, torch.Tensor] = {}
+    frontends: dict[str, str] = {}
     sha = None
     if path is not None:
         state, metadata = read_checkpoint(path)
         recorded = metadata.get("ibdc")
         if recorded:
             try:
-                recorded_preset = json.loads(recorded).get("preset")
+                recorded = json.loads(recorded)
+                recorded_preset = recorded.get("preset")
             except (json.JSONDecodeError, AttributeError):
                 raise IbdcError(f"checkpoint {path}: its 'ibdc' metadata is not ibdc's JSON (damaged?)") from None
+            frontends = _recorded_frontends(recorded.get("frontends"), path)
             if recorded_preset != preset:
                 raise IbdcError(
                     f"checkpoint {path} was made for preset {recorded_preset!r}, not {preset!r} (use --model)"
@@ -259,8 +268,32 @@ def load_encoder(
         state = {k: v for k, v in state.items() if not k.startswith((CENTER_PREFIX, WHITEN_PREFIX))}
         _load_state(model, state, path, preset)
         sha = file_sha256(path)
-    encoder = Encoder(model=model, preset=preset, checkpoint=sha, seed=seed, centers=centers, whiteners=whiteners)
+    encoder = Encoder(
+        model=model,
+        preset=preset,
+        checkpoint=sha,
+        seed=seed,
+        centers=centers,
+        whiteners=whiteners,
+        frontends=frontends,
+    )
     return encoder.to(device)
+
+
+def _recorded_frontends(value: Any, path: Path) -> dict[str, str]:
+    """A checkpoint's `"frontends"` metadata (modality -> frontend name), checked against `FRONTENDS`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise IbdcError(f"checkpoint {path}: its 'frontends' metadata is not a mapping of modality to name")
+    for modality, name in value.items():
+        if name not in FRONTENDS.get(modality, {}):
+            known = ", ".join(FRONTENDS.get(modality, {})) or "none"
+            raise IbdcError(
+                f"checkpoint {path}: unknown {modality} frontend {name!r} (this ibdc knows: {known}); "
+                "was it made by a newer ibdc?"
+            )
+    return dict(value)
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, preset: str) -> None:

@@ -140,6 +140,8 @@ def test_embed_with_the_bound_checkpoint_gives_the_trained_embeddings(bound, tmp
         for modality in ("image", "audio"):
             assert torch.equal(data[modality], result.encoder.embed(modality, _inputs(manifest, modality))), modality
     assert open_store(store).encoder["weights"] == result.encoder.checkpoint
+    assert open_store(store).encoder["frontends"] == {"audio": "envelope"}
+    assert "audio envelope" in done.err  # the startup line names the frontend
 
 
 def test_anchor_tower_is_unchanged_and_the_bound_tower_trained(bound):

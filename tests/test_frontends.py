@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ibdc_cli.data.preprocess import AUDIO_MEAN, AUDIO_STD, waveform_input
+from ibdc_cli.encoders import frontends
 from ibdc_cli.encoders.frontends import dct_matrix, envelope, lifter_matrix
 
 RATE = 16_000
@@ -31,6 +32,10 @@ def _speech_like(seconds: float = 0.6, seed: int = 0) -> np.ndarray:
 
 def _input(wave: np.ndarray) -> torch.Tensor:
     return waveform_input(wave, RATE)[:1]  # [1, 1, 128, 204]: the first clip
+
+
+def test_the_frontend_undoes_the_input_normalisation_of_the_preprocessing():
+    assert (frontends.AUDIO_MEAN, frontends.AUDIO_STD) == (AUDIO_MEAN, AUDIO_STD)
 
 
 def test_lifter_is_a_projection_that_drops_loudness_and_fine_structure():

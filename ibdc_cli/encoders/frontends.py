@@ -34,8 +34,9 @@ from functools import lru_cache
 
 import torch
 
-from ibdc_cli.data.preprocess import AUDIO_MEAN, AUDIO_STD
-
+# ImageBind's fbank normalisation, `data.preprocess.AUDIO_MEAN` / `AUDIO_STD` (repeated, not imported: the
+# preprocessing imports the encoder for its tokenizer; tests/test_frontends.py checks that they agree).
+AUDIO_MEAN, AUDIO_STD = -4.268, 9.138
 VOICED_RANGE = 6.0  # nats below the loudest frame: quieter frames are silence, breath or the recording's noise
 LIFTER_LOW, LIFTER_HIGH = 1, 20  # cepstral coefficients kept: 0 is the frame's loudness, above 19 the pitch
 PADDING_STD = 1e-6  # a frame whose log-mel varies less than this over the bins is padding

@@ -9,7 +9,8 @@ any `--checkpoint`, and writes a checkpoint that `--checkpoint` accepts everywhe
 1. check the request and the manifest before any model work: at least two modalities, the anchor among
    them, every row has an anchor cell, every other cell names a file of a known format
    (`data.rows.present_cells`); split the rows (seeded) into training rows and held-out rows;
-2. decode: load the starting encoder, decode and preprocess every row once, into memory
+2. decode: load the starting encoder and give a bound audio tower its input frontend
+   (`--audio-frontend`, `encoders.frontends`), decode and preprocess every row once, into memory
    (`data.pairs.load_rows`). The frozen anchor tower runs over all rows once, and its raw outputs are
    centred on their mean over the training rows: a random tower maps every input close to one
    direction, and InfoNCE against near-identical targets has nothing to learn;

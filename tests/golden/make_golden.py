@@ -4,13 +4,23 @@
 Run from the checkout root (`.venv/bin/python tests/golden/make_golden.py`) only when a change is *meant*
 to alter condensation results; the test then compares every later change against these tensors bit for bit.
 The sets were first written by main at d8cc1ea, before "one home for every option" reshaped the code.
+
+Floating-point results are bit-identical only on the kind of CPU (and torch build) that wrote the sets.
+`make_golden.py --record-host` condenses every case on this machine and records, in made_on.json under
+"elsewhere", this CPU kind's own digest of each set (its tensors and loss history, `set_digest`); the test
+then holds that CPU kind to its own digests bit for bit, and to the fixture to 1e-5. Record a host only
+with code that the fixture's own CPU kind reproduces bit for bit (the test passing there), so the digests
+are what the fixture's code computes on this CPU kind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -113,24 +123,79 @@ def write_store(path: Path) -> Path:
     return path
 
 
-def main() -> None:
+def cpu_kind() -> str:
+    """This CPU's vendor, family and model (from /proc/cpuinfo on Linux; `platform.processor()` elsewhere)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if all(k in fields for k in ("vendor_id", "cpu family", "model")):
+        return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
+    return platform.processor() or platform.machine()
+
+
+def host_facts() -> dict:
+    """What decides whether this machine's floats can match the fixture's bit for bit."""
+    return {
+        "cpu": cpu_kind(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+def set_digest(path: Path) -> str:
+    """SHA-256 of a synthetic set's tensors (name, dtype, shape, bytes, in name order) and loss history."""
+    from ibdc_cli.store import load_synthetic_set
+
+    tensors, meta = load_synthetic_set(path)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    digest.update(json.dumps(meta["loss_history"], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def condense_cases(store: Path, out: Path) -> None:
     from ibdc_cli.cli import main as ibdc
 
+    for name, extra in CASES.items():
+        try:
+            ibdc(["-q", "condense", str(store), *BASE, *extra, "--out", str(out / f"{name}.safetensors")])
+        except SystemExit as exc:
+            if exc.code:
+                raise
+
+
+def record_host(note: str) -> None:
+    """Add this CPU kind's digests of every case to made_on.json's "elsewhere" (replacing its old entry)."""
+    made_on = json.loads((HERE / "made_on.json").read_text())
+    facts = host_facts()
+    with tempfile.TemporaryDirectory() as tmp:
+        condense_cases(HERE / "store", Path(tmp))
+        digests = {name: set_digest(Path(tmp) / f"{name}.safetensors") for name in CASES}
+    others = [e for e in made_on.get("elsewhere", []) if {k: e[k] for k in facts} != facts]
+    made_on["elsewhere"] = others + [{**facts, "note": note, "sets_sha256": digests}]
+    (HERE / "made_on.json").write_text(json.dumps(made_on, indent=2) + "\n")
+
+
+def main() -> None:
     torch.set_num_threads(1)
+    if sys.argv[1:2] == ["--record-host"]:
+        record_host(" ".join(sys.argv[2:]))
+        return
     store = HERE / "store"
     shutil.rmtree(store, ignore_errors=True)
     write_store(store)
     sets = HERE / "sets"
     shutil.rmtree(sets, ignore_errors=True)
     sets.mkdir()
-    for name, extra in CASES.items():
-        try:
-            ibdc(["-q", "condense", str(store), *BASE, *extra, "--out", str(sets / f"{name}.safetensors")])
-        except SystemExit as exc:
-            if exc.code:
-                raise
-    facts = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__.split("+")[0]}
-    (HERE / "made_on.json").write_text(json.dumps(facts, indent=2) + "\n")
+    condense_cases(store, sets)
+    (HERE / "made_on.json").write_text(json.dumps(host_facts(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

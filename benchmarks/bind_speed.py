@@ -10,14 +10,20 @@ imagebind_tiny preset, image anchor, audio bound (what `ibdc bind --modalities i
    recording, what bind trained on before; (b) `1 clip`: what bind trains on now when every recording's
    clips are equal (`data.pairs.one_clip_if_repeated`: recordings shorter than 2 s give three equal, padded
    clips, and ImageBind embeds a clip-split input as the mean of its clips' embeddings). Each at torch
-   intra-op threads 1 and `--threads`. The settings run interleaved step by step (the CPU is shared),
-   after `--warmup` steps each; seconds per epoch = steps per epoch x median step time.
+   intra-op threads 1 and `--threads`. With `--precisions fp32,bf16` the 1-clip settings also run with
+   `ibdc bind --precision bf16` (autocast of the tower's passes); `--frontend envelope` hands the tower
+   the envelope frontend, as `ibdc bind` does today from random init. The settings run interleaved step by
+   step (the CPU is shared), after `--warmup` steps each; seconds per epoch = steps per epoch x median step
+   time.
 
 Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bind_speed.py --source ../shared/data/fsdd-mnist \\
         --json benchmarks/results/bind_speed.json
     .venv/bin/python benchmarks/bind_speed.py --source ../shared/data/fsdd-mnist --quick     # smoke run
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bind_speed.py --source ../shared/data/fsdd-mnist \
+        --batch-size 32 --temperature 0.2 --frontend envelope --precisions fp32,bf16 \
+        --json benchmarks/results/bind_speed_bf16.json                                       # today's recipe
 """
 
 from __future__ import annotations
@@ -64,7 +70,16 @@ def preparation(manifest, encoder, rows: int) -> tuple[dict[str, float], torch.T
     return per_row, audio, raw, labels
 
 
-def step_timer(encoder, audio: torch.Tensor, anchor: torch.Tensor, labels: torch.Tensor, batch: int, threads: int):
+def step_timer(
+    encoder,
+    audio: torch.Tensor,
+    anchor: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    threads: int,
+    temperature: float = 0.07,
+    precision: str = "fp32",
+):
     """A function that runs one timed training step; returns (forward, backward, optimiser) seconds."""
     params = trainable_parameters(encoder.model, ["audio"])
     optimizer = make_optimizer(params, 1e-3, 0.05)
@@ -77,7 +92,7 @@ def step_timer(encoder, audio: torch.Tensor, anchor: torch.Tensor, labels: torch
         rows = torch.randperm(n, generator=generator)[:batch]
         encoder.model.train()
         start = time.perf_counter()
-        loss = bind_loss(encoder, ["audio"], data, anchor, labels, rows, 0.07, augment=True)
+        loss = bind_loss(encoder, ["audio"], data, anchor, labels, rows, temperature, True, precision=precision)
         forward = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,6 +104,14 @@ def step_timer(encoder, audio: torch.Tensor, anchor: torch.Tensor, labels: torch
     return step
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="fsdd-mnist source folder (see ibdc datasets fsdd-mnist)")
@@ -97,6 +120,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="the larger thread count measured (and 1)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting first")
+    parser.add_argument("--temperature", type=float, default=0.07, help="InfoNCE temperature")
+    parser.add_argument("--frontend", choices=("logmel", "envelope"), default="logmel", help="the tower's input")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: the 1-clip settings' precisions")
     parser.add_argument("--quick", action="store_true", help="smoke run: 48 rows, batch 16, 1 timed step")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args()
@@ -114,11 +140,16 @@ def main() -> None:
     anchor = fit_space_map(raw, "whiten")(raw)
     one = one_clip_if_repeated(audio, "audio")
     settings = {}
-    for clips, x in (("3 clips", audio), ("1 clip", one)):
+    runs = [("3 clips", audio, "fp32")] + [("1 clip", one, p) for p in args.precisions.split(",")]
+    for clips, x, precision in runs:
         for threads in sorted({1, args.threads}):
-            settings[f"{clips}, {threads} thread{'s' if threads > 1 else ''}"] = step_timer(
-                load_encoder("imagebind_tiny", seed=0), x, anchor, labels, args.batch_size, threads
+            name = f"{clips}, {threads} thread{'s' if threads > 1 else ''}" + (
+                "" if precision == "fp32" else f", {precision}"
             )
+            tower = load_encoder("imagebind_tiny", seed=0)
+            if args.frontend != "logmel":
+                tower.frontends["audio"] = args.frontend
+            settings[name] = step_timer(tower, x, anchor, labels, args.batch_size, threads, args.temperature, precision)
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in settings}
     for round_ in range(args.warmup + args.steps):  # interleaved: the machine's load hits every setting alike
         for name, step in settings.items():
@@ -131,6 +162,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "steps_per_epoch": steps_per_epoch,
         "clips_equal": one.shape[1] == 1,
+        "temperature": args.temperature,
+        "frontend": args.frontend,
+        "cpu_flags_bf16": sorted(f for f in _cpu_flags() if "bf16" in f),
         "preparation_s_per_row": {k: round(v, 5) for k, v in per_row.items()},
         "preparation_s": round(sum(per_row.values()) * rows, 1),
         "step": {},

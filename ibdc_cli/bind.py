@@ -37,13 +37,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
 
 from ibdc_cli import __version__, tracking
-from ibdc_cli.config import BindConfig
+from ibdc_cli.config import BindConfig, BindPrecision
 from ibdc_cli.data.manifest import ALIASES, Manifest, read_manifest
 from ibdc_cli.data.pairs import load_rows
 from ibdc_cli.data.preprocess import PREPROCESSING
@@ -145,7 +145,7 @@ def run_bind(config: BindConfig) -> BindResult:
     encoder.to(device)
     what = {
         "encoder": encoder_words(encoder.describe()),
-        "precision": "fp32",
+        "precision": config.precision,
         "bound": f"{','.join(bound)} to {anchor}",
     }
     announce("bind", state, device=device, **what, out=out)
@@ -191,6 +191,7 @@ def _settings(config: BindConfig) -> dict[str, Any]:
         audio_frontend=config.audio_frontend,
         augment=config.augment,
         ema=config.ema,
+        precision=config.precision,
         val_fraction=0.0 if config.val_manifest is not None else config.val_fraction,
         seed=config.seed,
     )
@@ -237,6 +238,11 @@ def _check_request(modalities: list[str], anchor: str, out: Path, overwrite: boo
         raise IbdcError(f"--targets {settings['targets']}: choose one of {', '.join(TARGETS)}")
     if settings["anchor_map"] not in SPACE_MAPS:
         raise IbdcError(f"--anchor-map {settings['anchor_map']}: choose one of {', '.join(SPACE_MAPS)}")
+    if settings["precision"] not in get_args(BindPrecision):
+        raise IbdcError(
+            f"--precision {settings['precision']}: choose one of {', '.join(get_args(BindPrecision))} (fp16 "
+            "training would need loss scaling, which bind does not do)"
+        )
     if settings["audio_frontend"] != "auto" and ("audio" not in modalities or anchor == "audio"):
         raise IbdcError(
             f"--audio-frontend {settings['audio_frontend']}: only a bound (trained) audio tower reads a frontend; "
@@ -506,6 +512,7 @@ def train_towers(training: BindTraining) -> dict[str, Any]:
                         config.temperature,
                         config.augment,
                         training.class_targets,
+                        config.precision,
                     )
                     optimizer.zero_grad(set_to_none=True)
                     if loss.requires_grad:

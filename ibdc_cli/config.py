@@ -45,6 +45,7 @@ CrossForm = Literal["none", "paper", "hybrid"]
 JointForm = Literal["cf", "paper", "paper-cos", "none"]
 SpaceMapName = Literal["whiten", "center", "none"]
 Precision = Literal["fp32", "bf16", "fp16"]
+BindPrecision = Literal["fp32", "bf16"]  # fp16 training would need loss scaling, which bind does not do
 Preset = Literal["default", "paper"]
 Protocol = Literal["linear", "mlp", "convnet", "retrieval"]
 Targets = Literal["rows", "class-means"]
@@ -573,6 +574,10 @@ class BindConfig(Config):
         0.995,
         "Decay of an exponential moving average of the trained weights, kept and saved instead of the last step's "
         "(0: off).",
+    )
+    precision: BindPrecision = precision_option(
+        "fp32 or bf16 autocast for the trained towers' passes in the training steps (the loss, the weights, the "
+        "optimiser and the held-out metrics stay float32)."
     )
     val_manifest: str | None = option(
         None,

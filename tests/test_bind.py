@@ -237,6 +237,39 @@ def test_resume_with_other_settings_is_refused(tmp_path, cli, monkeypatch):
     assert refused.code == 2 and "lr" in refused.err
 
 
+def test_bf16_autocasts_the_towers_and_keeps_the_loss_float32():
+    encoder = load_encoder("imagebind_tiny", seed=0)
+    params = training.trainable_parameters(encoder.model, ["audio"])
+    generator = torch.Generator().manual_seed(0)
+    data = {"inputs.audio": torch.randn(6, 1, 1, 128, 204, generator=generator), "slot.audio": torch.arange(6)}
+    anchor = torch.nn.functional.normalize(torch.randn(6, encoder.out_dim, generator=generator), dim=-1)
+    labels, rows = torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(6)
+    losses, grads = {}, {}
+    for precision in ("fp32", "bf16"):
+        encoder.model.zero_grad(set_to_none=True)
+        loss = training.bind_loss(encoder, ["audio"], data, anchor, labels, rows, 0.2, precision=precision)
+        loss.backward()
+        losses[precision] = loss.detach()
+        grads[precision] = torch.cat([p.grad.flatten() for p in params.values() if p.grad is not None])
+    assert losses["bf16"].dtype == torch.float32 and torch.isfinite(grads["bf16"]).all()
+    assert losses["bf16"] != losses["fp32"]  # the tower really ran in bfloat16 ...
+    assert torch.allclose(losses["bf16"], losses["fp32"], rtol=2e-2)  # ... and computes the same loss
+    cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0)
+    assert cosine > 0.95, cosine
+
+
+def test_bind_in_bf16_records_it_and_announces_it(tmp_path, cli):
+    manifest = _pairs(tmp_path / "data")
+    out = tmp_path / "enc.safetensors"
+    done = cli("bind", manifest, "-m", "image,audio", "--out", out, *FAST, "--precision", "bf16", "--json")
+    assert done.code == 0, done
+    assert "precision bf16" in done.err.splitlines()[0]
+    info = json.loads(read_tensors(out)[1]["ibdc"])
+    assert info["settings"]["precision"] == "bf16" and info["config"]["precision"] == "bf16"
+    audio = [v for k, v in read_tensors(out)[0].items() if ".audio." in k]  # the trained tower
+    assert audio and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in audio)
+
+
 def _foreign_checkpoint(path: Path) -> Path:
     save_file({"x": torch.zeros(1)}, str(path), metadata={"ibdc": json.dumps({"preset": "imagebind_huge"})})
     return path
@@ -255,6 +288,7 @@ def _foreign_checkpoint(path: Path) -> Path:
         ("unknown-targets", "--targets pairs: choose one of rows, class-means"),
         ("frontend-of-a-frozen-tower", "--audio-frontend envelope: only a bound (trained) audio tower"),
         ("unknown-frontend-in-checkpoint", "unknown audio frontend 'cepstrum9'"),
+        ("fp16", "--precision fp16: choose one of fp32, bf16"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
@@ -276,6 +310,8 @@ def test_bad_input_exits_2_with_one_line(case, expected, tmp_path, cli):
         args += ["--label-positives"] if case.startswith("label") else ["--targets", "class-means"]
     elif case == "unknown-targets":
         args += ["--targets", "pairs"]
+    elif case == "fp16":
+        args += ["--precision", "fp16"]
     elif case == "frontend-of-a-frozen-tower":
         args += ["--anchor", "audio", "--audio-frontend", "envelope"]
     elif case == "unknown-frontend-in-checkpoint":

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ibdc_cli.data.pairs import inputs_of, rows_of
 from ibdc_cli.encoders.imagebind import MODALITY_KEYS, Encoder
 from ibdc_cli.losses import info_nce
+from ibdc_cli.runtime import autocast
 
 # ----------------------------------------------------------------------------------------------------
 # the parameters that train, the optimiser, its schedule, the weight average
@@ -156,11 +157,13 @@ def bind_loss(
     temperature: float,
     augment: bool = False,
     class_targets: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Sum over the bound modalities of InfoNCE between their embeddings and the anchor's, on batch `rows`:
     against the batch's anchor embeddings, or with `class_targets` `[C, D]` against the anchor's class
     means (`labels` then required). With `augment`, the inputs of modalities in `AUGMENTATIONS` (audio) are
-    randomly varied first."""
+    randomly varied first. `precision` (`--precision`) autocasts the towers' passes; the embeddings are
+    normalised and the loss computed in float32."""
     device = encoder.device
     total = torch.zeros((), device=device)
     for m in bound:
@@ -170,7 +173,9 @@ def bind_loss(
         x = inputs_of(data, m, present).to(device)
         if augment and m in AUGMENTATIONS:
             x = AUGMENTATIONS[m](x)
-        z = encoder.embed(m, x)
+        with autocast(device, precision):
+            raw = encoder.forward_raw(m, x)
+        z = F.normalize(raw.float(), dim=-1)  # what encoder.embed gives, in float32
         if class_targets is not None:
             total = total + class_mean_nce(z, class_targets.to(device), labels[present].to(device), temperature)
             continue

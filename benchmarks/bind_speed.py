@@ -46,6 +46,7 @@ from ibdc_cli.data.pairs import one_clip_if_repeated
 from ibdc_cli.data.preprocess import load
 from ibdc_cli.encoders.imagebind import load_encoder
 from ibdc_cli.encoders.training import bind_loss, make_optimizer, trainable_parameters
+from ibdc_cli.runtime import cpu_info
 from ibdc_cli.space import fit_space_map
 
 
@@ -104,14 +105,6 @@ def step_timer(
     return step
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="fsdd-mnist source folder (see ibdc datasets fsdd-mnist)")
@@ -164,7 +157,7 @@ def main() -> None:
         "clips_equal": one.shape[1] == 1,
         "temperature": args.temperature,
         "frontend": args.frontend,
-        "cpu_flags_bf16": sorted(f for f in _cpu_flags() if "bf16" in f),
+        "cpu_flags_bf16": sorted(f for f in cpu_info()["flags"] if "bf16" in f),
         "preparation_s_per_row": {k: round(v, 5) for k, v in per_row.items()},
         "preparation_s": round(sum(per_row.values()) * rows, 1),
         "step": {},

@@ -259,6 +259,25 @@ def shared_error(state, error: Exception | None) -> Exception | None:
     return error if error is not None and str(error) == first else IbdcError(first)
 
 
+def cpu_info() -> dict[str, object]:
+    """This CPU's kind (vendor, family and model) and its feature flags, from /proc/cpuinfo on Linux;
+    elsewhere the kind is `platform.processor()` and the flags are unknown (empty)."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if all(k in fields for k in ("vendor_id", "cpu family", "model")):
+        kind = f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
+    else:
+        kind = platform.processor() or platform.machine()
+    return {"kind": kind, "flags": set(fields.get("flags", "").split())}
+
+
 def environment() -> dict[str, object]:
     """What `ibdc env` reports: the text to paste into a bug report."""
     import platform

@@ -55,7 +55,7 @@ def test_condense_reproduces_the_golden_set(name, tmp_path, cli, one_thread):
         else:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
     if ELSEWHERE is not None:
-        assert set_digest(out) == ELSEWHERE["sets_sha256"][name], (
+        assert set_digest(got, got_meta) == ELSEWHERE["sets_sha256"][name], (
             f"{name}: differs bit for bit from what this CPU kind ({HOST['cpu']}) recorded in made_on.json"
         )
     elif not SAME_MACHINE:

@@ -174,8 +174,7 @@ def bind_loss(
         if augment and m in AUGMENTATIONS:
             x = AUGMENTATIONS[m](x)
         with autocast(device, precision):
-            raw = encoder.forward_raw(m, x)
-        z = F.normalize(raw.float(), dim=-1)  # what encoder.embed gives, in float32
+            z = encoder.embed(m, x)  # float32: embed normalises the tower's output in float32
         if class_targets is not None:
             total = total + class_mean_nce(z, class_targets.to(device), labels[present].to(device), temperature)
             continue

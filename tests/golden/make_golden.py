@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256  # noqa: E402
+from ibdc_cli.runtime import cpu_info  # noqa: E402
+from ibdc_cli.store import atomic_save_tensors, atomic_write_json, file_sha256, load_synthetic_set  # noqa: E402
 
 # name -> extra `ibdc condense` options (besides STORE --modalities audio,image,text --dpc 2 --iterations 12)
 CASES: dict[str, list[str]] = {
@@ -123,34 +123,18 @@ def write_store(path: Path) -> Path:
     return path
 
 
-def cpu_kind() -> str:
-    """This CPU's vendor, family and model (from /proc/cpuinfo on Linux; `platform.processor()` elsewhere)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    if all(k in fields for k in ("vendor_id", "cpu family", "model")):
-        return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
-    return platform.processor() or platform.machine()
-
-
 def host_facts() -> dict:
     """What decides whether this machine's floats can match the fixture's bit for bit."""
     return {
-        "cpu": cpu_kind(),
+        "cpu": cpu_info()["kind"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__.split("+")[0],
     }
 
 
-def set_digest(path: Path) -> str:
-    """SHA-256 of a synthetic set's tensors (name, dtype, shape, bytes, in name order) and loss history."""
-    from ibdc_cli.store import load_synthetic_set
-
-    tensors, meta = load_synthetic_set(path)
+def set_digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """SHA-256 of a synthetic set (`store.load_synthetic_set`): its tensors (name, dtype, shape, bytes, in
+    name order) and its loss history."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
@@ -177,7 +161,7 @@ def record_host(note: str) -> None:
     facts = host_facts()
     with tempfile.TemporaryDirectory() as tmp:
         condense_cases(HERE / "store", Path(tmp))
-        digests = {name: set_digest(Path(tmp) / f"{name}.safetensors") for name in CASES}
+        digests = {name: set_digest(*load_synthetic_set(Path(tmp) / f"{name}.safetensors")) for name in CASES}
     others = [e for e in made_on.get("elsewhere", []) if {k: e[k] for k in facts} != facts]
     made_on["elsewhere"] = others + [{**facts, "note": note, "sets_sha256": digests}]
     (HERE / "made_on.json").write_text(json.dumps(made_on, indent=2) + "\n")
